@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""The project's two entry points, runnable with nothing but Python 3.11 and pip.
+
+    python3 dev.py run    # the main job: generate a labelled stream and score it live
+    python3 dev.py test   # lint, type-check the core, check the layering, run the test suite
+
+Both create or refresh `.venv` first: the project is (re)installed whenever `pyproject.toml`
+changes, so a fresh checkout and an old one behave the same. Only the standard library is used
+here, because this file runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".fraudstream-install-stamp"
+EXTRAS = "dev"
+
+
+def _install_fingerprint() -> str:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    digest.update(EXTRAS.encode())
+    return digest.hexdigest()
+
+
+def ensure_environment() -> None:
+    """Create the virtualenv and install the project when missing or out of date."""
+    if not (BIN / "python").exists():
+        print("» creating .venv", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    wanted = _install_fingerprint()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    print("» installing fraudstream and its dependencies into .venv", flush=True)
+    pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "install", "-q", "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "install", "-q", "-e", f".[{EXTRAS}]"], check=True, cwd=ROOT)
+    STAMP.write_text(wanted)
+
+
+def _run(*argv: str) -> int:
+    print("»", " ".join(argv), flush=True)
+    return subprocess.run(argv, cwd=ROOT, check=False).returncode
+
+
+def run_main_job(args: list[str]) -> int:
+    return _run(str(BIN / "fraudstream"), "demo", *args)
+
+
+def run_tests(args: list[str]) -> int:
+    checks = [
+        (str(BIN / "ruff"), "check", "src", "tests", "bench", "dev.py"),
+        (str(BIN / "mypy"),),
+        (str(BIN / "lint-imports"),),
+    ]
+    for check in checks:
+        code = _run(*check)
+        if code != 0:
+            return code
+    return _run(str(BIN / "python"), "-m", "pytest", "-n", "2", *args)
+
+
+def main() -> int:
+    commands = {"run": run_main_job, "test": run_tests}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        print(__doc__)
+        return 2
+    ensure_environment()
+    return commands[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

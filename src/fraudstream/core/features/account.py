@@ -1,0 +1,323 @@
+"""Kernels for paying entities (card, customer): windows, amount profile, previous transaction,
+and the card's first-seen values. Output rows use NaN for null."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from fraudstream.core.features.kernels import (
+    BK_HEAD,
+    BK_TAIL,
+    COUNT,
+    EV_HEAD,
+    EV_TAIL,
+    EVICTED_LAT,
+    EVICTED_LOC_SEQ,
+    EVICTED_LOC_TS,
+    EVICTED_LON,
+    EVICTED_SEQ,
+    EVICTED_TS,
+    LAST_TS,
+    M2,
+    MEAN,
+    NEVER,
+    NV_HEAD,
+    NV_TAIL,
+    US_PER_HOUR,
+    US_PER_SECOND,
+    drop_expired,
+    haversine_km,
+)
+from fraudstream.core.features.pool import NO_CHUNK, Pool, append_record
+
+ACCOUNT_SCALARS = 6
+"""mean, std, zscore, seconds since previous, distance and speed from the previous location."""
+
+
+@numba.njit(cache=True, nogil=True)
+def account_width(n_windows: int) -> int:
+    return 2 * n_windows + ACCOUNT_SCALARS
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_totals(
+    events: Pool,
+    buckets: Pool,
+    ei: npt.NDArray[np.int64],
+    s: int,
+    t: int,
+    amount: float,
+    txh: int,
+    replay: bool,
+    windows: npt.NDArray[np.int64],
+    n_exact: int,
+    bucket: int,
+    counts: npt.NDArray[np.float64],
+    sums: npt.NDArray[np.float64],
+    prev: npt.NDArray[np.int64],
+    prev_loc: npt.NDArray[np.float64],
+) -> None:
+    """Window counts and sums, and the previous (located) event, in one walk of the history.
+
+    prev = [ts, seq] of the previous event; prev_loc = [ts, seq, lat, lon] of the previous
+    located one (as floats; ts of NEVER when there is none).
+    """
+    n_windows = windows.shape[0]
+    counts[:] = 0.0
+    sums[:] = 0.0
+    chunk = ei[s, EV_HEAD]
+    while chunk != NO_CHUNK:
+        for j in range(events.length[chunk]):
+            if events.h[chunk, j] == txh:
+                continue
+            e_ts = events.a[chunk, j]
+            if e_ts > t:
+                continue
+            age = t - e_ts
+            for w in range(n_exact):
+                if age < windows[w]:
+                    counts[w] += 1.0
+                    sums[w] += events.x[chunk, j]
+            seq = events.o[chunk, j]
+            if e_ts > prev[0] or (e_ts == prev[0] and seq > prev[1]):
+                prev[0] = e_ts
+                prev[1] = seq
+            if not math.isnan(events.y[chunk, j]) and (
+                e_ts > prev_loc[0] or (e_ts == prev_loc[0] and seq > prev_loc[1])
+            ):
+                prev_loc[0] = e_ts
+                prev_loc[1] = seq
+                prev_loc[2] = events.y[chunk, j]
+                prev_loc[3] = events.z[chunk, j]
+        chunk = events.nxt[chunk]
+    for w in range(n_exact):
+        counts[w] += 1.0
+        sums[w] += amount
+    if n_windows == n_exact:
+        return
+    current = (t // bucket) * bucket
+    chunk = ei[s, BK_HEAD]
+    while chunk != NO_CHUNK:
+        for j in range(buckets.length[chunk]):
+            start = buckets.a[chunk, j]
+            if start > current:
+                continue
+            for w in range(n_exact, n_windows):
+                if start > current - windows[w]:
+                    counts[w] += buckets.o[chunk, j]
+                    sums[w] += buckets.x[chunk, j]
+        chunk = buckets.nxt[chunk]
+    if not replay:  # a replayed event is already inside its bucket
+        for w in range(n_exact, n_windows):
+            counts[w] += 1.0
+            sums[w] += amount
+
+
+@numba.njit(cache=True, nogil=True)
+def account_features(
+    events: Pool,
+    buckets: Pool,
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    t: int,
+    amount: float,
+    txh: int,
+    lat: float,
+    lon: float,
+    replay: bool,
+    windows: npt.NDArray[np.int64],
+    n_exact: int,
+    bucket: int,
+    out: npt.NDArray[np.float64],
+    base: int,
+    scratch: npt.NDArray[np.float64],
+) -> None:
+    """Write one paying entity's features for one event into out[base:base + width]."""
+    n_windows = windows.shape[0]
+    counts = scratch[:n_windows]
+    sums = scratch[n_windows : 2 * n_windows]
+    prev = np.array([ei[s, EVICTED_TS], ei[s, EVICTED_SEQ]], dtype=np.int64)
+    prev_loc = np.array(
+        [
+            float(ei[s, EVICTED_LOC_TS]),
+            float(ei[s, EVICTED_LOC_SEQ]),
+            ef[s, EVICTED_LAT],
+            ef[s, EVICTED_LON],
+        ]
+    )
+    if ei[s, EVICTED_LOC_TS] == np.iinfo(np.int64).min:
+        prev_loc[0] = NEVER
+    _window_totals(
+        events, buckets, ei, s, t, amount, txh, replay, windows, n_exact, bucket,
+        counts, sums, prev, prev_loc,
+    )  # fmt: skip
+    out[base : base + n_windows] = counts
+    out[base + n_windows : base + 2 * n_windows] = sums
+    _amount_profile(ei, ef, s, amount, replay, out, base + 2 * n_windows)
+    _previous_transaction(t, lat, lon, prev, prev_loc, out, base + 2 * n_windows + 3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _amount_profile(
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    amount: float,
+    replay: bool,
+    out: npt.NDArray[np.float64],
+    at: int,
+) -> None:
+    """Mean, sample deviation and z-score of the amount against the entity's own history."""
+    n = float(ei[s, COUNT])
+    mean = ef[s, MEAN]
+    m2 = ef[s, M2]
+    if replay and n > 0:  # take the event itself back out of the running moments
+        if n <= 1:
+            n, mean, m2 = 0.0, 0.0, 0.0
+        else:
+            old_mean = (n * mean - amount) / (n - 1)
+            m2 = max(0.0, m2 - (amount - old_mean) * (amount - mean))
+            n, mean = n - 1, old_mean
+    out[at] = mean if n >= 1 else np.nan
+    std = math.sqrt(m2 / (n - 1)) if n >= 2 else np.nan
+    out[at + 1] = std
+    out[at + 2] = (amount - mean) / std if n >= 2 and std > 0 else np.nan
+
+
+@numba.njit(cache=True, nogil=True)
+def _previous_transaction(
+    t: int,
+    lat: float,
+    lon: float,
+    prev: npt.NDArray[np.int64],
+    prev_loc: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float64],
+    at: int,
+) -> None:
+    has_prev = prev[0] != np.iinfo(np.int64).min
+    out[at] = (t - prev[0]) / US_PER_SECOND if has_prev else np.nan
+    if math.isnan(lat) or prev_loc[0] == NEVER:
+        out[at + 1] = np.nan
+        out[at + 2] = np.nan
+        return
+    km = haversine_km(prev_loc[2], prev_loc[3], lat, lon)
+    elapsed = max(float(t) - prev_loc[0], float(US_PER_SECOND))
+    out[at + 1] = km
+    out[at + 2] = km / (elapsed / US_PER_HOUR)
+
+
+@numba.njit(cache=True, nogil=True)
+def apply_account(
+    events: Pool,
+    buckets: Pool,
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    t: int,
+    amount: float,
+    txh: int,
+    seq: int,
+    lat: float,
+    lon: float,
+    has_buckets: bool,
+    bucket: int,
+    event_horizon: int,
+    bucket_horizon: int,
+) -> None:
+    """Add an accepted event to a paying entity's history."""
+    drop_expired(events, ei, ef, s, EV_HEAD, event_horizon, True)
+    append_record(events, ei[s, EV_HEAD : EV_TAIL + 1], t, txh, seq, amount, lat, lon)
+    if has_buckets:
+        drop_expired(buckets, ei, ef, s, BK_HEAD, bucket_horizon, False)
+        _add_to_bucket(buckets, ei, s, (t // bucket) * bucket, amount)
+    n = ei[s, COUNT] + 1
+    delta = amount - ef[s, MEAN]
+    ef[s, MEAN] += delta / n
+    ef[s, M2] += delta * (amount - ef[s, MEAN])
+    ei[s, COUNT] = n
+    ei[s, LAST_TS] = max(ei[s, LAST_TS], t)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_to_bucket(
+    buckets: Pool, ei: npt.NDArray[np.int64], s: int, start: int, amount: float
+) -> None:
+    chunk = ei[s, BK_HEAD]
+    while chunk != NO_CHUNK:
+        for j in range(buckets.length[chunk]):
+            if buckets.a[chunk, j] == start:
+                buckets.o[chunk, j] += 1
+                buckets.x[chunk, j] += amount
+                return
+        chunk = buckets.nxt[chunk]
+    append_record(buckets, ei[s, BK_HEAD : BK_TAIL + 1], start, 0, 1, amount, np.nan, np.nan)
+
+
+@numba.njit(cache=True, nogil=True)
+def novelty_features(
+    novelty: Pool,
+    ei: npt.NDArray[np.int64],
+    s: int,
+    t: int,
+    txh: int,
+    values: npt.NDArray[np.int64],
+    present: npt.NDArray[np.bool_],
+    ttl: int,
+    out: npt.NDArray[np.float64],
+    base: int,
+) -> None:
+    """1.0 when the card never used this value within the TTL before, 0.0 when it did."""
+    for f in range(values.shape[0]):
+        if not present[f]:
+            out[base + f] = np.nan
+            continue
+        latest = NEVER
+        chunk = ei[s, NV_HEAD]
+        while chunk != NO_CHUNK:
+            for j in range(novelty.length[chunk]):
+                if novelty.h[chunk, j] == values[f]:
+                    # The newest sighting, or the one before it when the newest is this replay.
+                    latest = novelty.x[chunk, j] if novelty.o[chunk, j] == txh else novelty.a[chunk, j]
+            chunk = novelty.nxt[chunk]
+        out[base + f] = 0.0 if latest > t - ttl else 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def apply_novelty(
+    novelty: Pool,
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    t: int,
+    txh: int,
+    values: npt.NDArray[np.int64],
+    present: npt.NDArray[np.bool_],
+    horizon: int,
+) -> None:
+    drop_expired(novelty, ei, ef, s, NV_HEAD, horizon, False)
+    for f in range(values.shape[0]):
+        if present[f]:
+            _see_value(novelty, ei, s, t, txh, values[f])
+
+
+@numba.njit(cache=True, nogil=True)
+def _see_value(novelty: Pool, ei: npt.NDArray[np.int64], s: int, t: int, txh: int, v: int) -> None:
+    chunk = ei[s, NV_HEAD]
+    while chunk != NO_CHUNK:
+        for j in range(novelty.length[chunk]):
+            if novelty.h[chunk, j] == v:
+                if t >= novelty.a[chunk, j]:
+                    novelty.x[chunk, j] = float(novelty.a[chunk, j])
+                    novelty.a[chunk, j] = t
+                    novelty.o[chunk, j] = txh
+                    novelty.newest[chunk] = max(novelty.newest[chunk], t)
+                elif t > novelty.x[chunk, j]:
+                    novelty.x[chunk, j] = float(t)
+                return
+        chunk = novelty.nxt[chunk]
+    append_record(novelty, ei[s, NV_HEAD : NV_TAIL + 1], t, v, txh, NEVER, np.nan, np.nan)

@@ -1,0 +1,152 @@
+"""The compiled per-event state walk: features for each event, then the state update.
+
+Events of a batch are visited in order (state is sequential per key); for each one the kernel
+reads the histories of its card, customer, merchant and terminal, writes the event's features
+into one row of the output matrix (NaN = null), and, unless the event is too late or a replay,
+appends it to those histories. The semantics are spelled out in `config.py`; this file is only
+the fast way to compute them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from fraudstream.core.features.pool import (
+    NO_CHUNK,
+    NO_TIME,
+    Pool,
+    append_record,
+    free_chain,
+    release_chunk,
+)
+
+# Integer entity columns.
+EV_HEAD, EV_TAIL, BK_HEAD, BK_TAIL, NV_HEAD, NV_TAIL = 0, 1, 2, 3, 4, 5
+LAST_TS, ACTIVE, COUNT = 6, 7, 8
+EVICTED_TS, EVICTED_SEQ, EVICTED_LOC_TS, EVICTED_LOC_SEQ = 9, 10, 11, 12
+N_INT_COLUMNS = 13
+# Float entity columns.
+MEAN, M2, EVICTED_LAT, EVICTED_LON = 0, 1, 2, 3
+N_FLOAT_COLUMNS = 4
+
+# Parameters, one int64 array so the kernel signature stays short.
+P_LATENESS, P_TTL, P_BUCKET, P_EVENT_RETENTION, P_BUCKET_RETENTION = 0, 1, 2, 3, 4
+# Meta counters kept between batches.
+M_WATERMARK, M_HAS_WATERMARK, M_SEQUENCE, M_LATE, M_REPLAYED = 0, 1, 2, 3, 4
+
+EARTH_RADIUS_KM = 6371.0088
+US_PER_HOUR = 3_600_000_000.0
+US_PER_SECOND = 1_000_000
+NEVER = -9.0e18
+
+
+@numba.njit(cache=True, nogil=True)
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1 = math.radians(lat1)
+    p2 = math.radians(lat2)
+    dp = p2 - p1
+    dl = math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+@numba.njit(cache=True, nogil=True)
+def reset_entity(ei: npt.NDArray[np.int64], ef: npt.NDArray[np.float64], s: int) -> None:
+    ei[s, EV_HEAD:NV_TAIL + 1] = NO_CHUNK
+    ei[s, LAST_TS] = NO_TIME
+    ei[s, ACTIVE] = 1
+    ei[s, COUNT] = 0
+    ei[s, EVICTED_TS] = NO_TIME
+    ei[s, EVICTED_SEQ] = NO_TIME
+    ei[s, EVICTED_LOC_TS] = NO_TIME
+    ei[s, EVICTED_LOC_SEQ] = NO_TIME
+    ef[s, :] = 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def release_entity(
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    events: Pool,
+    buckets: Pool,
+    novelty: Pool,
+    has_buckets: bool,
+    has_novelty: bool,
+) -> None:
+    """Free every chain of entity slot `s` and clear it (TTL reset or eviction)."""
+    free_chain(events, ei[s, EV_HEAD:EV_TAIL + 1])
+    if has_buckets:
+        free_chain(buckets, ei[s, BK_HEAD:BK_TAIL + 1])
+    if has_novelty:
+        free_chain(novelty, ei[s, NV_HEAD:NV_TAIL + 1])
+    reset_entity(ei, ef, s)
+
+
+@numba.njit(cache=True, nogil=True)
+def history_contains(pool: Pool, head: int, txh: int) -> bool:
+    chunk = head
+    while chunk != NO_CHUNK:
+        for j in range(pool.length[chunk]):
+            if pool.h[chunk, j] == txh:
+                return True
+        chunk = pool.nxt[chunk]
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def drop_expired(
+    pool: Pool,
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    head_col: int,
+    horizon: int,
+    fold_previous: bool,
+) -> None:
+    """Unlink and free the chunks of a chain whose records are all older than `horizon`.
+
+    For event chains of paying entities, the newest dropped event (and newest dropped located
+    event) is remembered, so "time since the previous transaction" survives the drop.
+    """
+    previous = NO_CHUNK
+    chunk = ei[s, head_col]
+    while chunk != NO_CHUNK:
+        following = pool.nxt[chunk]
+        if pool.newest[chunk] < horizon:
+            if fold_previous:
+                _fold_into_evicted(pool, chunk, ei, ef, s)
+            if previous == NO_CHUNK:
+                ei[s, head_col] = following
+            else:
+                pool.nxt[previous] = following
+            if ei[s, head_col + 1] == chunk:
+                ei[s, head_col + 1] = previous
+            release_chunk(pool, chunk)
+        else:
+            previous = chunk
+        chunk = following
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold_into_evicted(
+    pool: Pool, chunk: int, ei: npt.NDArray[np.int64], ef: npt.NDArray[np.float64], s: int
+) -> None:
+    for j in range(pool.length[chunk]):
+        ts = pool.a[chunk, j]
+        seq = pool.o[chunk, j]
+        if ts > ei[s, EVICTED_TS] or (ts == ei[s, EVICTED_TS] and seq > ei[s, EVICTED_SEQ]):
+            ei[s, EVICTED_TS] = ts
+            ei[s, EVICTED_SEQ] = seq
+        if not math.isnan(pool.y[chunk, j]) and (
+            ts > ei[s, EVICTED_LOC_TS]
+            or (ts == ei[s, EVICTED_LOC_TS] and seq > ei[s, EVICTED_LOC_SEQ])
+        ):
+            ei[s, EVICTED_LOC_TS] = ts
+            ei[s, EVICTED_LOC_SEQ] = seq
+            ef[s, EVICTED_LAT] = pool.y[chunk, j]
+            ef[s, EVICTED_LON] = pool.z[chunk, j]

@@ -1,0 +1,82 @@
+"""Kernels for paid entities (merchant, terminal): transaction count and distinct paying cards
+per window. Distinct counts are exact: the window's card hashes are sorted and counted."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from fraudstream.core.features.kernels import EV_HEAD, EV_TAIL, LAST_TS, drop_expired
+from fraudstream.core.features.pool import NO_CHUNK, Pool, append_record, chain_length
+
+
+@numba.njit(cache=True, nogil=True)
+def place_features(
+    events: Pool,
+    ei: npt.NDArray[np.int64],
+    s: int,
+    t: int,
+    txh: int,
+    payer: int,
+    windows: npt.NDArray[np.int64],
+    out: npt.NDArray[np.float64],
+    base: int,
+) -> None:
+    """Write counts then distinct-card counts for each window into out[base:]."""
+    n_windows = windows.shape[0]
+    longest = windows[n_windows - 1]
+    size = chain_length(events, ei[s, EV_HEAD]) + 1
+    ages = np.empty(size, np.int64)
+    payers = np.empty(size, np.int64)
+    m = 0
+    chunk = ei[s, EV_HEAD]
+    while chunk != NO_CHUNK:
+        for j in range(events.length[chunk]):
+            e_ts = events.a[chunk, j]
+            if events.h[chunk, j] == txh or e_ts > t or t - e_ts >= longest:
+                continue
+            ages[m] = t - e_ts
+            payers[m] = events.o[chunk, j]
+            m += 1
+        chunk = events.nxt[chunk]
+    ages[m] = 0
+    payers[m] = payer
+    m += 1
+    selected = np.empty(m, np.int64)
+    for w in range(n_windows):
+        k = 0
+        for j in range(m):
+            if ages[j] < windows[w]:
+                selected[k] = payers[j]
+                k += 1
+        out[base + w] = k
+        out[base + n_windows + w] = _distinct(selected[:k])
+
+
+@numba.njit(cache=True, nogil=True)
+def _distinct(values: npt.NDArray[np.int64]) -> int:
+    if values.shape[0] == 0:
+        return 0
+    ordered = np.sort(values)
+    distinct = 1
+    for j in range(1, ordered.shape[0]):
+        if ordered[j] != ordered[j - 1]:
+            distinct += 1
+    return distinct
+
+
+@numba.njit(cache=True, nogil=True)
+def apply_place(
+    events: Pool,
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    t: int,
+    txh: int,
+    payer: int,
+    horizon: int,
+) -> None:
+    drop_expired(events, ei, ef, s, EV_HEAD, horizon, False)
+    append_record(events, ei[s, EV_HEAD : EV_TAIL + 1], t, txh, payer, 0.0, np.nan, np.nan)
+    ei[s, LAST_TS] = max(ei[s, LAST_TS], t)
