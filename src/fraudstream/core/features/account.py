@@ -71,29 +71,29 @@ def _window_totals(
     sums[:] = 0.0
     chunk = ei[s, EV_HEAD]
     while chunk != NO_CHUNK:
-        for j in range(events.length[chunk]):
-            if events.h[chunk, j] == txh:
+        for j in range(events.m[chunk, 0]):
+            if events.i[chunk, j, 1] == txh:
                 continue
-            e_ts = events.a[chunk, j]
+            e_ts = events.i[chunk, j, 0]
             if e_ts > t:
                 continue
             age = t - e_ts
             for w in range(n_exact):
                 if age < windows[w]:
                     counts[w] += 1.0
-                    sums[w] += events.x[chunk, j]
-            seq = events.o[chunk, j]
+                    sums[w] += events.f[chunk, j, 3]
+            seq = events.i[chunk, j, 2]
             if e_ts > prev[0] or (e_ts == prev[0] and seq > prev[1]):
                 prev[0] = e_ts
                 prev[1] = seq
-            if not math.isnan(events.y[chunk, j]) and (
+            if not math.isnan(events.f[chunk, j, 4]) and (
                 e_ts > prev_loc[0] or (e_ts == prev_loc[0] and seq > prev_loc[1])
             ):
                 prev_loc[0] = e_ts
                 prev_loc[1] = seq
-                prev_loc[2] = events.y[chunk, j]
-                prev_loc[3] = events.z[chunk, j]
-        chunk = events.nxt[chunk]
+                prev_loc[2] = events.f[chunk, j, 4]
+                prev_loc[3] = events.f[chunk, j, 5]
+        chunk = events.m[chunk, 1]
     for w in range(n_exact):
         counts[w] += 1.0
         sums[w] += amount
@@ -102,15 +102,15 @@ def _window_totals(
     current = (t // bucket) * bucket
     chunk = ei[s, BK_HEAD]
     while chunk != NO_CHUNK:
-        for j in range(buckets.length[chunk]):
-            start = buckets.a[chunk, j]
+        for j in range(buckets.m[chunk, 0]):
+            start = buckets.i[chunk, j, 0]
             if start > current:
                 continue
             for w in range(n_exact, n_windows):
                 if start > current - windows[w]:
-                    counts[w] += buckets.o[chunk, j]
-                    sums[w] += buckets.x[chunk, j]
-        chunk = buckets.nxt[chunk]
+                    counts[w] += buckets.i[chunk, j, 2]
+                    sums[w] += buckets.f[chunk, j, 3]
+        chunk = buckets.m[chunk, 1]
     if not replay:  # a replayed event is already inside its bucket
         for w in range(n_exact, n_windows):
             counts[w] += 1.0
@@ -136,22 +136,21 @@ def account_features(
     out: npt.NDArray[np.float64],
     base: int,
     scratch: npt.NDArray[np.float64],
+    prev_scratch: npt.NDArray[np.int64],
 ) -> None:
     """Write one paying entity's features for one event into out[base:base + width]."""
     n_windows = windows.shape[0]
     counts = scratch[:n_windows]
     sums = scratch[n_windows : 2 * n_windows]
-    prev = np.array([ei[s, EVICTED_TS], ei[s, EVICTED_SEQ]], dtype=np.int64)
-    prev_loc = np.array(
-        [
-            float(ei[s, EVICTED_LOC_TS]),
-            float(ei[s, EVICTED_LOC_SEQ]),
-            ef[s, EVICTED_LAT],
-            ef[s, EVICTED_LON],
-        ]
-    )
-    if ei[s, EVICTED_LOC_TS] == np.iinfo(np.int64).min:
-        prev_loc[0] = NEVER
+    prev = prev_scratch
+    prev[0] = ei[s, EVICTED_TS]
+    prev[1] = ei[s, EVICTED_SEQ]
+    prev_loc = scratch[2 * n_windows : 2 * n_windows + 4]
+    has_evicted_loc = ei[s, EVICTED_LOC_TS] != np.iinfo(np.int64).min
+    prev_loc[0] = float(ei[s, EVICTED_LOC_TS]) if has_evicted_loc else NEVER
+    prev_loc[1] = float(ei[s, EVICTED_LOC_SEQ])
+    prev_loc[2] = ef[s, EVICTED_LAT]
+    prev_loc[3] = ef[s, EVICTED_LON]
     _window_totals(
         events, buckets, ei, s, t, amount, txh, replay, windows, n_exact, bucket,
         counts, sums, prev, prev_loc,
@@ -249,12 +248,12 @@ def _add_to_bucket(
 ) -> None:
     chunk = ei[s, BK_HEAD]
     while chunk != NO_CHUNK:
-        for j in range(buckets.length[chunk]):
-            if buckets.a[chunk, j] == start:
-                buckets.o[chunk, j] += 1
-                buckets.x[chunk, j] += amount
+        for j in range(buckets.m[chunk, 0]):
+            if buckets.i[chunk, j, 0] == start:
+                buckets.i[chunk, j, 2] += 1
+                buckets.f[chunk, j, 3] += amount
                 return
-        chunk = buckets.nxt[chunk]
+        chunk = buckets.m[chunk, 1]
     append_record(buckets, ei[s, BK_HEAD : BK_TAIL + 1], start, 0, 1, amount, np.nan, np.nan)
 
 
@@ -279,11 +278,11 @@ def novelty_features(
         latest = NEVER
         chunk = ei[s, NV_HEAD]
         while chunk != NO_CHUNK:
-            for j in range(novelty.length[chunk]):
-                if novelty.h[chunk, j] == values[f]:
+            for j in range(novelty.m[chunk, 0]):
+                if novelty.i[chunk, j, 1] == values[f]:
                     # The newest sighting, or the one before it when the newest is this replay.
-                    latest = novelty.x[chunk, j] if novelty.o[chunk, j] == txh else novelty.a[chunk, j]
-            chunk = novelty.nxt[chunk]
+                    latest = novelty.f[chunk, j, 3] if novelty.i[chunk, j, 2] == txh else novelty.i[chunk, j, 0]
+            chunk = novelty.m[chunk, 1]
         out[base + f] = 0.0 if latest > t - ttl else 1.0
 
 
@@ -309,15 +308,15 @@ def apply_novelty(
 def _see_value(novelty: Pool, ei: npt.NDArray[np.int64], s: int, t: int, txh: int, v: int) -> None:
     chunk = ei[s, NV_HEAD]
     while chunk != NO_CHUNK:
-        for j in range(novelty.length[chunk]):
-            if novelty.h[chunk, j] == v:
-                if t >= novelty.a[chunk, j]:
-                    novelty.x[chunk, j] = float(novelty.a[chunk, j])
-                    novelty.a[chunk, j] = t
-                    novelty.o[chunk, j] = txh
-                    novelty.newest[chunk] = max(novelty.newest[chunk], t)
-                elif t > novelty.x[chunk, j]:
-                    novelty.x[chunk, j] = float(t)
+        for j in range(novelty.m[chunk, 0]):
+            if novelty.i[chunk, j, 1] == v:
+                if t >= novelty.i[chunk, j, 0]:
+                    novelty.f[chunk, j, 3] = float(novelty.i[chunk, j, 0])
+                    novelty.i[chunk, j, 0] = t
+                    novelty.i[chunk, j, 2] = txh
+                    novelty.m[chunk, 2] = max(novelty.m[chunk, 2], t)
+                elif t > novelty.f[chunk, j, 3]:
+                    novelty.f[chunk, j, 3] = float(t)
                 return
-        chunk = novelty.nxt[chunk]
+        chunk = novelty.m[chunk, 1]
     append_record(novelty, ei[s, NV_HEAD : NV_TAIL + 1], t, v, txh, NEVER, np.nan, np.nan)

@@ -91,10 +91,10 @@ def release_entity(
 def history_contains(pool: Pool, head: int, txh: int) -> bool:
     chunk = head
     while chunk != NO_CHUNK:
-        for j in range(pool.length[chunk]):
-            if pool.h[chunk, j] == txh:
+        for j in range(pool.m[chunk, 0]):
+            if pool.i[chunk, j, 1] == txh:
                 return True
-        chunk = pool.nxt[chunk]
+        chunk = pool.m[chunk, 1]
     return False
 
 
@@ -116,14 +116,14 @@ def drop_expired(
     previous = NO_CHUNK
     chunk = ei[s, head_col]
     while chunk != NO_CHUNK:
-        following = pool.nxt[chunk]
-        if pool.newest[chunk] < horizon:
+        following = pool.m[chunk, 1]
+        if pool.m[chunk, 2] < horizon:
             if fold_previous:
                 _fold_into_evicted(pool, chunk, ei, ef, s)
             if previous == NO_CHUNK:
                 ei[s, head_col] = following
             else:
-                pool.nxt[previous] = following
+                pool.m[previous, 1] = following
             if ei[s, head_col + 1] == chunk:
                 ei[s, head_col + 1] = previous
             release_chunk(pool, chunk)
@@ -136,17 +136,17 @@ def drop_expired(
 def _fold_into_evicted(
     pool: Pool, chunk: int, ei: npt.NDArray[np.int64], ef: npt.NDArray[np.float64], s: int
 ) -> None:
-    for j in range(pool.length[chunk]):
-        ts = pool.a[chunk, j]
-        seq = pool.o[chunk, j]
+    for j in range(pool.m[chunk, 0]):
+        ts = pool.i[chunk, j, 0]
+        seq = pool.i[chunk, j, 2]
         if ts > ei[s, EVICTED_TS] or (ts == ei[s, EVICTED_TS] and seq > ei[s, EVICTED_SEQ]):
             ei[s, EVICTED_TS] = ts
             ei[s, EVICTED_SEQ] = seq
-        if not math.isnan(pool.y[chunk, j]) and (
+        if not math.isnan(pool.f[chunk, j, 4]) and (
             ts > ei[s, EVICTED_LOC_TS]
             or (ts == ei[s, EVICTED_LOC_TS] and seq > ei[s, EVICTED_LOC_SEQ])
         ):
             ei[s, EVICTED_LOC_TS] = ts
             ei[s, EVICTED_LOC_SEQ] = seq
-            ef[s, EVICTED_LAT] = pool.y[chunk, j]
-            ef[s, EVICTED_LON] = pool.z[chunk, j]
+            ef[s, EVICTED_LAT] = pool.f[chunk, j, 4]
+            ef[s, EVICTED_LON] = pool.f[chunk, j, 5]

@@ -22,28 +22,34 @@ def place_features(
     windows: npt.NDArray[np.int64],
     out: npt.NDArray[np.float64],
     base: int,
+    scratch: npt.NDArray[np.int64],
 ) -> None:
-    """Write counts then distinct-card counts for each window into out[base:]."""
+    """Write counts then distinct-card counts for each window into out[base:].
+
+    `scratch` has shape (3, capacity); a busier entity gets a fresh, larger buffer.
+    """
     n_windows = windows.shape[0]
     longest = windows[n_windows - 1]
     size = chain_length(events, ei[s, EV_HEAD]) + 1
-    ages = np.empty(size, np.int64)
-    payers = np.empty(size, np.int64)
+    if size > scratch.shape[1]:
+        scratch = np.empty((3, size), np.int64)
+    ages = scratch[0]
+    payers = scratch[1]
+    selected = scratch[2]
     m = 0
     chunk = ei[s, EV_HEAD]
     while chunk != NO_CHUNK:
-        for j in range(events.length[chunk]):
-            e_ts = events.a[chunk, j]
-            if events.h[chunk, j] == txh or e_ts > t or t - e_ts >= longest:
+        for j in range(events.m[chunk, 0]):
+            e_ts = events.i[chunk, j, 0]
+            if events.i[chunk, j, 1] == txh or e_ts > t or t - e_ts >= longest:
                 continue
             ages[m] = t - e_ts
-            payers[m] = events.o[chunk, j]
+            payers[m] = events.i[chunk, j, 2]
             m += 1
-        chunk = events.nxt[chunk]
+        chunk = events.m[chunk, 1]
     ages[m] = 0
     payers[m] = payer
     m += 1
-    selected = np.empty(m, np.int64)
     for w in range(n_windows):
         k = 0
         for j in range(m):
@@ -58,7 +64,8 @@ def place_features(
 def _distinct(values: npt.NDArray[np.int64]) -> int:
     if values.shape[0] == 0:
         return 0
-    ordered = np.sort(values)
+    ordered = values.copy()
+    ordered.sort()
     distinct = 1
     for j in range(1, ordered.shape[0]):
         if ordered[j] != ordered[j - 1]:

@@ -1,18 +1,21 @@
 """Chunked record pools: per-entity histories of variable length in flat arrays numba can walk.
 
 Each entity owns a singly linked chain of fixed-size chunks taken from a shared pool. A record
-has six fields whose meaning depends on the chain (event, bucket or novelty):
+has six 8-byte fields, stored together so one chunk is one contiguous block of memory (random
+access by entity is the norm, and a field-per-array layout costs a cache miss per field):
 
-    a  int64   event time | bucket start | latest time the value was seen
-    h  int64   transaction-id hash | value hash
-    o  int64   processing sequence | paying-card hash | bucket count | txid hash of the latest
-    x  float64 amount | bucket sum | second-latest time the value was seen
-    y  float64 latitude (NaN when absent)
-    z  float64 longitude
+    i[c, j, 0]  a  int64    event time | bucket start | latest time the value was seen
+    i[c, j, 1]  h  int64    transaction-id hash | value hash
+    i[c, j, 2]  o  int64    processing sequence | paying-card hash | bucket count | latest txid
+    f[c, j, 3]  x  float64  amount | bucket sum | second-latest time the value was seen
+    f[c, j, 4]  y  float64  latitude (NaN when absent)
+    f[c, j, 5]  z  float64  longitude
 
-Chains are in processing order. Whole chunks are freed once every record in them is older than
-the retention horizon, so memory follows activity, not the number of entities ever seen. The
-pool never grows inside a kernel: the Python side guarantees enough free chunks before a batch.
+`i` and `f` are two views (int64 and float64) of the same buffer. `m[c]` holds the chunk's
+length, next chunk id and newest time. Chains are in processing order. Whole chunks are freed
+once every record in them is older than the retention horizon, so memory follows activity,
+not the number of entities ever seen. The pool never grows inside a kernel: the Python side
+guarantees enough free chunks before a batch.
 """
 
 from __future__ import annotations
@@ -25,36 +28,28 @@ import numpy.typing as npt
 
 NO_CHUNK = -1
 NO_TIME = np.iinfo(np.int64).min
+FIELDS = 6
 
 
 class Pool(NamedTuple):
-    a: npt.NDArray[np.int64]
-    h: npt.NDArray[np.int64]
-    o: npt.NDArray[np.int64]
-    x: npt.NDArray[np.float64]
-    y: npt.NDArray[np.float64]
-    z: npt.NDArray[np.float64]
-    length: npt.NDArray[np.int32]
-    nxt: npt.NDArray[np.int32]
-    newest: npt.NDArray[np.int64]
-    free: npt.NDArray[np.int32]
+    i: npt.NDArray[np.int64]
+    f: npt.NDArray[np.float64]
+    m: npt.NDArray[np.int64]
+    free: npt.NDArray[np.int64]
     top: npt.NDArray[np.int64]
     """top[0] = number of chunk ids on the free stack."""
 
 
 def new_pool(n_chunks: int, chunk_size: int) -> Pool:
-    shape = (n_chunks, chunk_size)
+    records = np.zeros((n_chunks, chunk_size, FIELDS), np.int64)
+    meta = np.zeros((n_chunks, 3), np.int64)
+    meta[:, 1] = NO_CHUNK
+    meta[:, 2] = NO_TIME
     return Pool(
-        a=np.zeros(shape, np.int64),
-        h=np.zeros(shape, np.int64),
-        o=np.zeros(shape, np.int64),
-        x=np.zeros(shape, np.float64),
-        y=np.zeros(shape, np.float64),
-        z=np.zeros(shape, np.float64),
-        length=np.zeros(n_chunks, np.int32),
-        nxt=np.full(n_chunks, NO_CHUNK, np.int32),
-        newest=np.full(n_chunks, NO_TIME, np.int64),
-        free=np.arange(n_chunks - 1, -1, -1, dtype=np.int32),
+        i=records,
+        f=records.view(np.float64),
+        m=meta,
+        free=np.arange(n_chunks - 1, -1, -1, dtype=np.int64),
         top=np.array([n_chunks], np.int64),
     )
 
@@ -64,13 +59,12 @@ def grown(pool: Pool, min_free: int) -> Pool:
     free = int(pool.top[0])
     if free >= min_free:
         return pool
-    old = pool.a.shape[0]
+    old = pool.i.shape[0]
     new = max(2 * old, old + min_free - free)
-    chunk_size = pool.a.shape[1]
-    bigger = new_pool(new, chunk_size)
-    for name in ("a", "h", "o", "x", "y", "z", "length", "nxt", "newest"):
-        getattr(bigger, name)[:old] = getattr(pool, name)
-    added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
+    bigger = new_pool(new, pool.i.shape[1])
+    bigger.i[:old] = pool.i
+    bigger.m[:old] = pool.m
+    added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
     bigger.free[: len(added)] = added
     bigger.free[len(added) : len(added) + free] = pool.free[:free]
     bigger.top[0] = len(added) + free
@@ -78,13 +72,16 @@ def grown(pool: Pool, min_free: int) -> Pool:
 
 
 def chunks_in_use(pool: Pool) -> int:
-    return int(pool.a.shape[0] - pool.top[0])
+    return int(pool.i.shape[0] - pool.top[0])
 
 
-def record_bytes(pool: Pool) -> int:
-    """Bytes one chunk occupies across all its arrays."""
-    chunk_size = pool.a.shape[1]
-    return chunk_size * 6 * 8 + 4 + 4 + 8 + 4
+def chunk_bytes(pool: Pool) -> int:
+    """Bytes one chunk occupies: its records, its meta row and its free-stack entry."""
+    return pool.i.shape[1] * FIELDS * 8 + 3 * 8 + 8
+
+
+def retained_records(pool: Pool) -> int:
+    return int(pool.m[:, 0].sum())
 
 
 @numba.njit(cache=True, nogil=True)
@@ -92,16 +89,16 @@ def take_chunk(pool: Pool) -> int:
     top = pool.top[0] - 1
     pool.top[0] = top
     chunk = pool.free[top]
-    pool.length[chunk] = 0
-    pool.nxt[chunk] = NO_CHUNK
-    pool.newest[chunk] = NO_TIME
+    pool.m[chunk, 0] = 0
+    pool.m[chunk, 1] = NO_CHUNK
+    pool.m[chunk, 2] = NO_TIME
     return chunk
 
 
 @numba.njit(cache=True, nogil=True)
 def release_chunk(pool: Pool, chunk: int) -> None:
-    pool.length[chunk] = 0
-    pool.newest[chunk] = NO_TIME
+    pool.m[chunk, 0] = 0
+    pool.m[chunk, 2] = NO_TIME
     pool.free[pool.top[0]] = chunk
     pool.top[0] += 1
 
@@ -119,30 +116,30 @@ def append_record(
 ) -> None:
     """Append to the chain whose head and tail chunk ids are head_tail[0] and head_tail[1]."""
     tail = head_tail[1]
-    if tail == NO_CHUNK or pool.length[tail] == pool.a.shape[1]:
+    if tail == NO_CHUNK or pool.m[tail, 0] == pool.i.shape[1]:
         chunk = take_chunk(pool)
         if tail == NO_CHUNK:
             head_tail[0] = chunk
         else:
-            pool.nxt[tail] = chunk
+            pool.m[tail, 1] = chunk
         head_tail[1] = chunk
         tail = chunk
-    slot = pool.length[tail]
-    pool.a[tail, slot] = a
-    pool.h[tail, slot] = h
-    pool.o[tail, slot] = o
-    pool.x[tail, slot] = x
-    pool.y[tail, slot] = y
-    pool.z[tail, slot] = z
-    pool.length[tail] = slot + 1
-    pool.newest[tail] = max(pool.newest[tail], a)
+    slot = pool.m[tail, 0]
+    pool.i[tail, slot, 0] = a
+    pool.i[tail, slot, 1] = h
+    pool.i[tail, slot, 2] = o
+    pool.f[tail, slot, 3] = x
+    pool.f[tail, slot, 4] = y
+    pool.f[tail, slot, 5] = z
+    pool.m[tail, 0] = slot + 1
+    pool.m[tail, 2] = max(pool.m[tail, 2], a)
 
 
 @numba.njit(cache=True, nogil=True)
 def free_chain(pool: Pool, head_tail: npt.NDArray[np.int64]) -> None:
     chunk = head_tail[0]
     while chunk != NO_CHUNK:
-        following = pool.nxt[chunk]
+        following = pool.m[chunk, 1]
         release_chunk(pool, chunk)
         chunk = following
     head_tail[0] = NO_CHUNK
@@ -154,6 +151,6 @@ def chain_length(pool: Pool, head: int) -> int:
     total = 0
     chunk = head
     while chunk != NO_CHUNK:
-        total += pool.length[chunk]
-        chunk = pool.nxt[chunk]
+        total += pool.m[chunk, 0]
+        chunk = pool.m[chunk, 1]
     return total

@@ -36,7 +36,8 @@ from fraudstream.core.features.pool import (
     chunks_in_use,
     grown,
     new_pool,
-    record_bytes,
+    retained_records,
+    chunk_bytes,
 )
 from fraudstream.core.features.walk import BatchColumns, Tables, evict_idle, walk_batch
 
@@ -159,6 +160,10 @@ class FeatureState:
         self._account_windows = np.array(c.account_windows_us, dtype=np.int64)
         self._place_windows = np.array(c.place_windows_us, dtype=np.int64)
         self._n_exact = len(c.exact_account_windows)
+        self._dtypes: dict[str, pl.DataType] = {
+            **{name: pl.Int64() for name in c.count_features},
+            **{name: pl.Boolean() for name in c.boolean_features},
+        }
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -221,19 +226,15 @@ class FeatureState:
         )
 
     def _typed(self, out: npt.NDArray[np.float64], late: npt.NDArray[np.bool_]) -> pl.DataFrame:
-        config = self.config
-        frame = pl.from_numpy(out, schema=list(config.names), orient="row")
-        counts = set(config.count_features)
-        booleans = set(config.boolean_features)
-        exprs = []
-        for name in config.names:
-            column = pl.col(name).fill_nan(None)
-            if name in counts:
-                column = column.cast(pl.Int64)
-            elif name in booleans:
-                column = column.cast(pl.Boolean)
-            exprs.append(column)
-        return frame.select(exprs).with_columns(pl.Series("is_late", late))
+        """The kernel's NaN-for-null matrix as typed, nullable columns."""
+        columns = np.ascontiguousarray(out.T)
+        series = []
+        for index, name in enumerate(self.config.names):
+            column = pl.Series(name, columns[index], nan_to_null=True)
+            dtype = self._dtypes.get(name)
+            series.append(column if dtype is None else column.cast(dtype))
+        series.append(pl.Series("is_late", late))
+        return pl.DataFrame(series)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -262,10 +263,10 @@ class FeatureState:
 
     def stats(self) -> StateStats:
         pools: list[Pool] = [*self._events, *self._buckets, self._novelty]
-        in_use = sum(chunks_in_use(p) * record_bytes(p) for p in pools)
-        allocated = sum(p.a.shape[0] * record_bytes(p) for p in pools)
+        in_use = sum(chunks_in_use(p) * chunk_bytes(p) for p in pools)
+        allocated = sum(p.i.shape[0] * chunk_bytes(p) for p in pools)
         entity_bytes = sum(e.memory_bytes() for e in self._entities.values())
-        retained = sum(int(pool.length.sum()) for pool in self._events)
+        retained = sum(retained_records(pool) for pool in self._events)
         has_watermark = bool(self._meta[M_HAS_WATERMARK])
         return StateStats(
             entities={kind: len(e.slots) for kind, e in self._entities.items()},

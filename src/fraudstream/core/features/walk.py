@@ -83,133 +83,187 @@ def walk_batch(
     out: npt.NDArray[np.float64],
     late: npt.NDArray[np.bool_],
 ) -> None:
-    """Compute features for every event of the batch into `out` and update the state."""
+    """Compute features for every event of the batch into `out` and update the state.
+
+    Pools are unpacked once into locals and passed per kind with constant indices: a runtime
+    index into a tuple of pools copies the whole pool struct on every access, which costs more
+    than the features themselves.
+    """
+    cards, customers, merchants, terminals = tables.events
+    card_buckets, customer_buckets = tables.buckets
+    novelty = tables.novelty
+    card_i, customer_i, merchant_i, terminal_i = tables.ints
+    card_f, customer_f, merchant_f, terminal_f = tables.floats
     params = tables.params
     meta = tables.meta
-    n_account_windows = tables.account_windows.shape[0]
-    width = account_width(n_account_windows)
+    windows = tables.account_windows
+    place_windows = tables.place_windows
+    lateness, ttl, bucket = params[P_LATENESS], params[P_TTL], params[P_BUCKET]
+    width = account_width(windows.shape[0])
     novelty_base = 2 * width
     place_base = novelty_base + N_NOVELTY
-    place_width = 2 * tables.place_windows.shape[0]
-    has_buckets = n_account_windows > n_exact
-    scratch = np.empty(2 * n_account_windows, np.float64)
+    place_width = 2 * place_windows.shape[0]
+    has_buckets = windows.shape[0] > n_exact
+    scratch = np.empty(2 * windows.shape[0] + 4, np.float64)
+    prev_scratch = np.empty(2, np.int64)
+    place_scratch = np.empty((3, 1024), np.int64)
     for i in range(batch.ts.shape[0]):
         t = batch.ts[i]
-        if meta[M_HAS_WATERMARK] == 1 and t < meta[M_WATERMARK] - params[P_LATENESS]:
+        if meta[M_HAS_WATERMARK] == 1 and t < meta[M_WATERMARK] - lateness:
             late[i] = True
             meta[M_LATE] += 1
             out[i, :] = np.nan
             continue
         late[i] = False
-        replay = _is_replay(batch, tables, i)
+        card, customer = batch.slots[CARD, i], batch.slots[CUSTOMER, i]
+        merchant, terminal = batch.slots[MERCHANT, i], batch.slots[TERMINAL, i]
+        amount, txh, lat, lon = batch.amount[i], batch.txh[i], batch.lat[i], batch.lon[i]
+        payer = batch.payer[i]
+        row = out[i]
+        if card >= 0:
+            replay = history_contains(cards, card_i[card, EV_HEAD], txh)
+        elif customer >= 0:
+            replay = history_contains(customers, customer_i[customer, EV_HEAD], txh)
+        else:
+            replay = False
         if not replay:
-            _reset_idle_entities(batch, tables, i, t - params[P_TTL], has_buckets)
-        for kind in range(2):
-            s = batch.slots[kind, i]
-            base = kind * width
-            if s < 0:
-                out[i, base : base + width] = np.nan
-                continue
-            account_features(
-                tables.events[kind], tables.buckets[kind], tables.ints[kind],
-                tables.floats[kind], s, t, batch.amount[i], batch.txh[i], batch.lat[i],
-                batch.lon[i], replay, tables.account_windows, n_exact, params[P_BUCKET],
-                out[i], base, scratch,
+            idle_before = t - ttl
+            _reset_if_idle(card_i, card_f, card, cards, card_buckets, novelty, idle_before)
+            _reset_if_idle(
+                customer_i, customer_f, customer, customers, customer_buckets, novelty,
+                idle_before,
             )  # fmt: skip
-        card = batch.slots[CARD, i]
+            _reset_if_idle(merchant_i, merchant_f, merchant, merchants, card_buckets, novelty,
+                           idle_before)  # fmt: skip
+            _reset_if_idle(terminal_i, terminal_f, terminal, terminals, card_buckets, novelty,
+                           idle_before)  # fmt: skip
+        _account_step(
+            cards, card_buckets, card_i, card_f, card, t, amount, txh, lat, lon, replay,
+            windows, n_exact, bucket, row, 0, scratch, prev_scratch,
+        )  # fmt: skip
+        _account_step(
+            customers, customer_buckets, customer_i, customer_f, customer, t, amount, txh, lat,
+            lon, replay, windows, n_exact, bucket, row, width, scratch, prev_scratch,
+        )  # fmt: skip
         if card < 0:
-            out[i, novelty_base:place_base] = np.nan
+            row[novelty_base:place_base] = np.nan
         else:
             novelty_features(
-                tables.novelty, tables.ints[CARD], card, t, batch.txh[i],
-                batch.novelty[:, i], batch.novelty_present[:, i], params[P_TTL], out[i],
-                novelty_base,
+                novelty, card_i, card, t, txh, batch.novelty[:, i], batch.novelty_present[:, i],
+                ttl, row, novelty_base,
             )  # fmt: skip
-        for kind in range(2, 4):
-            s = batch.slots[kind, i]
-            base = place_base + (kind - 2) * place_width
-            if s < 0:
-                out[i, base : base + place_width] = np.nan
-                continue
-            place_features(
-                tables.events[kind], tables.ints[kind], s, t, batch.txh[i], batch.payer[i],
-                tables.place_windows, out[i], base,
-            )  # fmt: skip
+        _place_step(merchants, merchant_i, merchant, t, txh, payer, place_windows, row,
+                    place_base, place_scratch)  # fmt: skip
+        _place_step(terminals, terminal_i, terminal, t, txh, payer, place_windows, row,
+                    place_base + place_width, place_scratch)  # fmt: skip
         if replay:
             meta[M_REPLAYED] += 1
             continue
-        _apply(batch, tables, i, has_buckets)
-
-
-@numba.njit(cache=True, nogil=True)
-def _is_replay(batch: BatchColumns, tables: Tables, i: int) -> bool:
-    for kind in range(4):
-        s = batch.slots[kind, i]
-        if s >= 0:
-            head = tables.ints[kind][s, EV_HEAD]
-            return history_contains(tables.events[kind], head, batch.txh[i])
-    return False
-
-
-@numba.njit(cache=True, nogil=True)
-def _reset_idle_entities(
-    batch: BatchColumns, tables: Tables, i: int, idle_before: int, has_buckets: bool
-) -> None:
-    for kind in range(4):
-        s = batch.slots[kind, i]
-        if s < 0:
-            continue
-        last = tables.ints[kind][s, LAST_TS]
-        if last != NO_TIME and last < idle_before:
-            release_entity(
-                tables.ints[kind], tables.floats[kind], s, tables.events[kind],
-                tables.buckets[min(kind, 1)], tables.novelty, has_buckets and kind < 2,
-                kind == CARD,
-            )  # fmt: skip
-
-
-@numba.njit(cache=True, nogil=True)
-def _apply(batch: BatchColumns, tables: Tables, i: int, has_buckets: bool) -> None:
-    params = tables.params
-    meta = tables.meta
-    t = batch.ts[i]
-    watermark = t if meta[M_HAS_WATERMARK] == 0 else max(meta[M_WATERMARK], t)
-    event_horizon = watermark - params[P_EVENT_RETENTION]
-    seq = meta[M_SEQUENCE]
-    for kind in range(2):
-        s = batch.slots[kind, i]
-        if s >= 0:
+        watermark = t if meta[M_HAS_WATERMARK] == 0 else max(meta[M_WATERMARK], t)
+        event_horizon = watermark - params[P_EVENT_RETENTION]
+        bucket_horizon = watermark - params[P_BUCKET_RETENTION]
+        seq = meta[M_SEQUENCE]
+        if card >= 0:
             apply_account(
-                tables.events[kind], tables.buckets[kind], tables.ints[kind],
-                tables.floats[kind], s, t, batch.amount[i], batch.txh[i], seq, batch.lat[i],
-                batch.lon[i], has_buckets, params[P_BUCKET], event_horizon,
-                watermark - params[P_BUCKET_RETENTION],
+                cards, card_buckets, card_i, card_f, card, t, amount, txh, seq, lat, lon,
+                has_buckets, bucket, event_horizon, bucket_horizon,
             )  # fmt: skip
-    card = batch.slots[CARD, i]
-    if card >= 0:
-        apply_novelty(
-            tables.novelty, tables.ints[CARD], tables.floats[CARD], card, t, batch.txh[i],
-            batch.novelty[:, i], batch.novelty_present[:, i],
-            watermark - params[P_LATENESS] - params[P_TTL],
-        )  # fmt: skip
-    for kind in range(2, 4):
-        s = batch.slots[kind, i]
-        if s >= 0:
-            apply_place(
-                tables.events[kind], tables.ints[kind], tables.floats[kind], s, t,
-                batch.txh[i], batch.payer[i], event_horizon,
+            apply_novelty(
+                novelty, card_i, card_f, card, t, txh, batch.novelty[:, i],
+                batch.novelty_present[:, i], watermark - lateness - ttl,
             )  # fmt: skip
-    meta[M_WATERMARK] = watermark
-    meta[M_HAS_WATERMARK] = 1
-    meta[M_SEQUENCE] = seq + 1
+        if customer >= 0:
+            apply_account(
+                customers, customer_buckets, customer_i, customer_f, customer, t, amount, txh,
+                seq, lat, lon, has_buckets, bucket, event_horizon, bucket_horizon,
+            )  # fmt: skip
+        if merchant >= 0:
+            apply_place(merchants, merchant_i, merchant_f, merchant, t, txh, payer, event_horizon)
+        if terminal >= 0:
+            apply_place(terminals, terminal_i, terminal_f, terminal, t, txh, payer, event_horizon)
+        meta[M_WATERMARK] = watermark
+        meta[M_HAS_WATERMARK] = 1
+        meta[M_SEQUENCE] = seq + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _reset_if_idle(
+    ints: npt.NDArray[np.int64],
+    floats: npt.NDArray[np.float64],
+    s: int,
+    events: Pool,
+    buckets: Pool,
+    novelty: Pool,
+    idle_before: int,
+) -> None:
+    """Forget an entity whose latest event is more than the TTL before this one.
+
+    Only paying entities own bucket and novelty chains; for the others those heads are empty,
+    so freeing them is a no-op whichever pool is passed.
+    """
+    if s < 0:
+        return
+    last = ints[s, LAST_TS]
+    if last != NO_TIME and last < idle_before:
+        release_entity(ints, floats, s, events, buckets, novelty, True, True)
+
+
+@numba.njit(cache=True, nogil=True)
+def _account_step(
+    events: Pool,
+    buckets: Pool,
+    ints: npt.NDArray[np.int64],
+    floats: npt.NDArray[np.float64],
+    s: int,
+    t: int,
+    amount: float,
+    txh: int,
+    lat: float,
+    lon: float,
+    replay: bool,
+    windows: npt.NDArray[np.int64],
+    n_exact: int,
+    bucket: int,
+    row: npt.NDArray[np.float64],
+    base: int,
+    scratch: npt.NDArray[np.float64],
+    prev_scratch: npt.NDArray[np.int64],
+) -> None:
+    if s < 0:
+        row[base : base + account_width(windows.shape[0])] = np.nan
+        return
+    account_features(
+        events, buckets, ints, floats, s, t, amount, txh, lat, lon, replay, windows, n_exact,
+        bucket, row, base, scratch, prev_scratch,
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_step(
+    events: Pool,
+    ints: npt.NDArray[np.int64],
+    s: int,
+    t: int,
+    txh: int,
+    payer: int,
+    windows: npt.NDArray[np.int64],
+    row: npt.NDArray[np.float64],
+    base: int,
+    scratch: npt.NDArray[np.int64],
+) -> None:
+    if s < 0:
+        row[base : base + 2 * windows.shape[0]] = np.nan
+        return
+    place_features(events, ints, s, t, txh, payer, windows, row, base, scratch)
 
 
 @numba.njit(cache=True, nogil=True)
 def evict_idle(tables: Tables, kind: int, slots: npt.NDArray[np.int64]) -> None:
     """Free the given entity slots of one kind (the sweep has decided they are past the TTL)."""
-    has_buckets = tables.account_windows.shape[0] > 0 and kind < 2
+    events = tables.events[kind]
+    buckets = tables.buckets[min(kind, 1)]
     for s in slots:
         release_entity(
-            tables.ints[kind], tables.floats[kind], s, tables.events[kind],
-            tables.buckets[min(kind, 1)], tables.novelty, has_buckets, kind == CARD,
+            tables.ints[kind], tables.floats[kind], s, events, buckets, tables.novelty,
+            kind < 2, kind == CARD,
         )  # fmt: skip

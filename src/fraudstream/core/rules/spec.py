@@ -52,6 +52,7 @@ _RULE_KEYS: Final = (
 )
 _REQUIRED_RULE_KEYS: Final = ("id", "description", "expression", "score")
 _RULESET_KEYS: Final = ("version", "rules")
+_BOOLS: Final = (True, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,19 +167,23 @@ def _check_rule(rule: Rule) -> None:
 
 
 def _type_name(value: object) -> str:
+    """The YAML word for a value's type, for error messages."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
     return type(value).__name__
+
+
+_TYPE_NAMES: Final[tuple[tuple[type, str], ...]] = (
+    (bool, "boolean"),
+    (int, "number"),
+    (float, "number"),
+    (str, "string"),
+    (list, "list"),
+    (dict, "mapping"),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,9 +258,7 @@ def _parse_version(raw: object, rules: tuple[Rule, ...]) -> str:
     if raw is None:
         return content_version(rules)
     if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise RuleError(
-            None, f"version must be a string (quote it), got {_type_name(raw)} {raw!r}"
-        )
+        raise RuleError(None, f"version must be a string (quote it), got {_type_name(raw)} {raw!r}")
     text = str(raw).strip()
     if not text:
         raise RuleError(None, "version must not be empty")
@@ -268,13 +271,12 @@ def _parse_rule(raw: object, position: int) -> Rule:
     raw_id = raw.get("id")
     if not isinstance(raw_id, str):
         got = "missing" if raw_id is None else f"a {_type_name(raw_id)}"
-        raise RuleError(None, f"rule #{position}: 'id' must be a string, but it is {got}")
+        hint = " (YAML reads yes/no/on/off as booleans: quote the id)" if raw_id in _BOOLS else ""
+        raise RuleError(None, f"rule #{position}: 'id' must be a string, but it is {got}{hint}")
     rule_id = raw_id
     unknown = [str(key) for key in raw if key not in _RULE_KEYS]
     if unknown:
-        raise RuleError(
-            rule_id, f"unknown key {unknown[0]!r} (allowed: {', '.join(_RULE_KEYS)})"
-        )
+        raise RuleError(rule_id, f"unknown key {unknown[0]!r} (allowed: {', '.join(_RULE_KEYS)})")
     missing = [key for key in _REQUIRED_RULE_KEYS if key not in raw]
     if missing:
         raise RuleError(rule_id, f"missing required key {missing[0]!r}")
