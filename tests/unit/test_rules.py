@@ -332,7 +332,9 @@ def test_disabled_rules_are_not_compiled_and_never_fire() -> None:
 def test_null_feature_does_not_fire() -> None:
     compiled = compile_one("speed_from_prev_kmh_by_card > 900 OR NOT is_new_country_for_card")
     hits = compiled.evaluate(
-        make_frame([{}, {"speed_from_prev_kmh_by_card": 1000.0}, {"is_new_country_for_card": False}])
+        make_frame(
+            [{}, {"speed_from_prev_kmh_by_card": 1000.0}, {"is_new_country_for_card": False}]
+        )
     )
     assert hits.schema["my_rule"] == pl.Boolean
     assert hits["my_rule"].to_list() == [False, True, True]

@@ -115,8 +115,7 @@ class Engine:
             _model_column(model_score, frame.height),
             pl.Series("action", np.array(ACTIONS)[action_rank], dtype=pl.String),
             pl.Series("is_flagged", action_rank > 0),
-            self._ruleset.fired_ids(hits).alias("rules_fired"),
-            self._reasons(frame, hits, drivers).alias("reasons"),
+            *self._fired_and_reasons(frame, hits, hit_matrix, drivers),
             pl.lit(self._ruleset.version).alias("ruleset_version"),
             pl.lit(self.model.version if self.model else None, dtype=pl.String).alias(
                 "model_version"
@@ -130,22 +129,46 @@ class Engine:
         output = self.model.score(frame.select(self.model.feature_names))
         return np.clip(output.scores, 0.0, 1.0), output.drivers
 
-    def _reasons(
-        self, frame: pl.DataFrame, hits: pl.DataFrame, drivers: list[list[str]] | None
-    ) -> pl.Series:
-        """Per row: each fired rule with the values it saw, then the model's drivers."""
-        parts = [
-            pl.when(hits.get_column(rule_id)).then(explain)
-            for rule_id, explain in self._explainers
-        ]
+    def _fired_and_reasons(
+        self,
+        frame: pl.DataFrame,
+        hits: pl.DataFrame,
+        hit_matrix: np.ndarray,
+        drivers: list[list[str]] | None,
+    ) -> tuple[pl.Series, pl.Series]:
+        """Per row: the fired rule ids, and each fired rule with the values it saw (then the
+        model's drivers). Strings are built only for rows something fired on: the few, not
+        the many, so a quiet batch costs almost nothing."""
+        n = frame.height
+        list_type = pl.List(pl.String())
+        late = frame.get_column("is_late").to_numpy()
+        interesting = np.flatnonzero(hit_matrix.any(axis=1) | late).astype(np.uint32)
+        subset = frame[interesting].with_columns(
+            self._ruleset.fired_ids(hits[interesting]).alias("_fired"),
+            pl.Series("_row", interesting, dtype=pl.UInt32),
+        )
+        parts = [pl.when(pl.col("_fired").list.contains(rule_id)).then(explain)
+                 for rule_id, explain in self._explainers]  # fmt: skip
         parts.append(pl.when(pl.col("is_late")).then(pl.lit(LATE_REASON)))
-        reasons = frame.select(pl.concat_list(parts).list.drop_nulls()).to_series()
-        if drivers is None:
-            return reasons
-        model_reasons = pl.Series([[f"model: {d}" for d in row] for row in drivers])
-        return pl.DataFrame({"a": reasons, "b": model_reasons}).select(
-            pl.concat_list("a", "b")
-        ).to_series()
+        explained = subset.select(
+            "_row", "_fired", pl.concat_list(parts).list.drop_nulls().alias("_reasons")
+        )
+        empty = pl.lit([], dtype=list_type)
+        full = (
+            pl.DataFrame({"_row": np.arange(n, dtype=np.uint32)})
+            .join(explained, on="_row", how="left", maintain_order="left")
+            .select(
+                pl.col("_fired").fill_null(empty).alias("rules_fired"),
+                pl.col("_reasons").fill_null(empty).alias("reasons"),
+            )
+        )
+        fired, reasons = full.get_column("rules_fired"), full.get_column("reasons")
+        if drivers is not None:
+            model_reasons = pl.Series([[f"model: {d}" for d in row] for row in drivers])
+            reasons = pl.DataFrame({"a": reasons, "b": model_reasons}).select(
+                pl.concat_list("a", "b").alias("reasons")
+            ).to_series()
+        return fired, reasons
 
     def _empty(self, state: FeatureState) -> Decisions:
         del state

@@ -127,7 +127,8 @@ class GeneratorConfig:
     n_merchants: int = 2_000
     start: datetime = DEFAULT_START
     days: int = 30
-    scenario_rates: Mapping[str, float] = field(default_factory=_default_rates)
+    # A read-only mapping is not hashable; equal configs still hash equal without it.
+    scenario_rates: Mapping[str, float] = field(default_factory=_default_rates, hash=False)
     home_countries: tuple[HomeCountry, ...] = DEFAULT_HOME_COUNTRIES
 
     def __post_init__(self) -> None:

@@ -61,6 +61,7 @@ class Population:
     # customers
     customer_id: list[str]
     customer_city: np.ndarray
+    customer_country: np.ndarray
     customer_lat: np.ndarray
     customer_lon: np.ndarray
     amount_mu: np.ndarray  # log-amount mean of the customer's everyday purchases
@@ -85,6 +86,7 @@ class Population:
     merchant_mcc: list[str]
     merchant_amount_factor: np.ndarray
     merchant_city: np.ndarray
+    merchant_country: np.ndarray
     merchant_lat: np.ndarray
     merchant_lon: np.ndarray
     merchant_online: np.ndarray
@@ -95,14 +97,6 @@ class Population:
     # physical merchants grouped by city, online merchants grouped by country (CSR layout)
     physical_by_city: tuple[np.ndarray, np.ndarray]
     online_by_country: tuple[np.ndarray, np.ndarray]
-
-    @property
-    def customer_country(self) -> np.ndarray:
-        return self.city_country[self.customer_city]
-
-    @property
-    def merchant_country(self) -> np.ndarray:
-        return self.city_country[self.merchant_city]
 
     def usual_amount(self, customer: int) -> float:
         """Mean of the customer's everyday lognormal amount."""
@@ -126,7 +120,9 @@ def haversine_km(
 def random_hex(rng: np.random.Generator, prefix: str, n: int, n_hex: int = 16) -> list[str]:
     """`n` distinct `prefix + hex` tokens; re-draws the (astronomically rare) duplicates."""
     n_bytes = (n_hex + 1) // 2
-    tokens = [prefix + rng.bytes(n_bytes).hex()[:n_hex] for _ in range(n)]
+    text = rng.bytes(n * n_bytes).hex()
+    step = 2 * n_bytes
+    tokens = [prefix + text[i : i + n_hex] for i in range(0, n * step, step)]
     seen: set[str] = set()
     for index, drawn in enumerate(tokens):
         token = drawn
@@ -240,6 +236,7 @@ def build_population(config: GeneratorConfig, rng: np.random.Generator) -> Popul
         city_utc_offset_us=city_offset.astype(np.int64),
         customer_id=[f"cust_{i:07d}" for i in range(n_cust)],
         customer_city=customer_city,
+        customer_country=city_country[customer_city],
         customer_lat=cust_lat,
         customer_lon=cust_lon,
         amount_mu=amount_mu,
@@ -262,6 +259,7 @@ def build_population(config: GeneratorConfig, rng: np.random.Generator) -> Popul
         merchant_mcc=m_mcc,
         merchant_amount_factor=m_factor,
         merchant_city=m_city,
+        merchant_country=city_country[m_city],
         merchant_lat=m_lat,
         merchant_lon=m_lon,
         merchant_online=m_online,
@@ -344,10 +342,15 @@ def _favourites(
         k = min(FAVOURITES, len(pool))
         for block in range(0, len(customers), 1024):
             who = customers[block : block + 1024]
-            dist = haversine_km(
-                cust_lat[who, None], cust_lon[who, None], merchant_lat[pool], merchant_lon[pool]
-            )
-            nearest = np.argsort(dist, axis=1, kind="stable")[:, :k]
-            favourite[who, :k] = pool[nearest]
+            # Within a city a flat (equirectangular) distance ranks as well as great circles.
+            squeeze = np.cos(np.radians(cust_lat[who, None]))
+            dx = (merchant_lon[pool] - cust_lon[who, None] + 180.0) % 360.0 - 180.0
+            dist = (dx * squeeze) ** 2 + (merchant_lat[pool] - cust_lat[who, None]) ** 2
+            if k < len(pool):
+                near = np.argpartition(dist, k - 1, axis=1)[:, :k]
+            else:
+                near = np.broadcast_to(np.arange(len(pool)), (len(who), len(pool)))
+            order = np.argsort(np.take_along_axis(dist, near, axis=1), axis=1, kind="stable")
+            favourite[who, :k] = pool[np.take_along_axis(near, order, axis=1)]
         count[customers] = np.minimum(wanted[customers], k)
     return favourite, count

@@ -38,7 +38,7 @@ ACCOUNT_SCALARS = 6
 """mean, std, zscore, seconds since previous, distance and speed from the previous location."""
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def account_width(n_windows: int) -> int:
     return 2 * n_windows + ACCOUNT_SCALARS
 
@@ -161,7 +161,7 @@ def account_features(
     _previous_transaction(t, lat, lon, prev, prev_loc, out, base + 2 * n_windows + 3)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _amount_profile(
     ei: npt.NDArray[np.int64],
     ef: npt.NDArray[np.float64],
@@ -188,7 +188,7 @@ def _amount_profile(
     out[at + 2] = (amount - mean) / std if n >= 2 and std > 0 else np.nan
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _previous_transaction(
     t: int,
     lat: float,
@@ -242,7 +242,7 @@ def apply_account(
     ei[s, LAST_TS] = max(ei[s, LAST_TS], t)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _add_to_bucket(
     buckets: Pool, ei: npt.NDArray[np.int64], s: int, start: int, amount: float
 ) -> None:
@@ -304,7 +304,7 @@ def apply_novelty(
             _see_value(novelty, ei, s, t, txh, values[f])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _see_value(novelty: Pool, ei: npt.NDArray[np.int64], s: int, t: int, txh: int, v: int) -> None:
     chunk = ei[s, NV_HEAD]
     while chunk != NO_CHUNK:

@@ -44,7 +44,7 @@ US_PER_SECOND = 1_000_000
 NEVER = -9.0e18
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1 = math.radians(lat1)
     p2 = math.radians(lat2)
@@ -87,7 +87,7 @@ def release_entity(
     reset_entity(ei, ef, s)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def history_contains(pool: Pool, head: int, txh: int) -> bool:
     chunk = head
     while chunk != NO_CHUNK:
@@ -132,7 +132,7 @@ def drop_expired(
         chunk = following
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _fold_into_evicted(
     pool: Pool, chunk: int, ei: npt.NDArray[np.int64], ef: npt.NDArray[np.float64], s: int
 ) -> None:

@@ -60,7 +60,7 @@ def place_features(
         out[base + n_windows + w] = _distinct(selected[:k])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _distinct(values: npt.NDArray[np.int64]) -> int:
     if values.shape[0] == 0:
         return 0

@@ -84,7 +84,7 @@ def retained_records(pool: Pool) -> int:
     return int(pool.m[:, 0].sum())
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def take_chunk(pool: Pool) -> int:
     top = pool.top[0] - 1
     pool.top[0] = top
@@ -95,7 +95,7 @@ def take_chunk(pool: Pool) -> int:
     return chunk
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def release_chunk(pool: Pool, chunk: int) -> None:
     pool.m[chunk, 0] = 0
     pool.m[chunk, 2] = NO_TIME
@@ -103,7 +103,7 @@ def release_chunk(pool: Pool, chunk: int) -> None:
     pool.top[0] += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def append_record(
     pool: Pool,
     head_tail: npt.NDArray[np.int64],
@@ -146,7 +146,7 @@ def free_chain(pool: Pool, head_tail: npt.NDArray[np.int64]) -> None:
     head_tail[1] = NO_CHUNK
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def chain_length(pool: Pool, head: int) -> int:
     total = 0
     chunk = head

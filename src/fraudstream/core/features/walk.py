@@ -186,7 +186,7 @@ def walk_batch(
         meta[M_SEQUENCE] = seq + 1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _reset_if_idle(
     ints: npt.NDArray[np.int64],
     floats: npt.NDArray[np.float64],
@@ -208,7 +208,7 @@ def _reset_if_idle(
         release_entity(ints, floats, s, events, buckets, novelty, True, True)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _account_step(
     events: Pool,
     buckets: Pool,
@@ -238,7 +238,7 @@ def _account_step(
     )  # fmt: skip
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _place_step(
     events: Pool,
     ints: npt.NDArray[np.int64],
