@@ -29,7 +29,6 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import python_loop
-
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.events import decode_many, to_frame
 from fraudstream.core.features import FeatureConfig, FeatureState
@@ -75,7 +74,10 @@ def single_event_latency_ms(frame: pl.DataFrame, warm: int, measured: int) -> di
         engine.process(row, state)
         timings.append(time.perf_counter() - start)
     ms = np.array(timings) * 1e3
-    return {"p50": round(float(np.percentile(ms, 50)), 4), "p99": round(float(np.percentile(ms, 99)), 4)}
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 4),
+        "p99": round(float(np.percentile(ms, 99)), 4),
+    }
 
 
 def baseline_rate(frame: pl.DataFrame) -> float:

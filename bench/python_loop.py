@@ -91,7 +91,9 @@ def _place(state: _Place, payer: str, ts: int, out: list[float | None]) -> None:
         out += [len(window), len(cards)]
 
 
-def features(rows: list[dict[str, object]], timestamps_us: list[int]) -> Iterator[list[float | None]]:
+def features(
+    rows: list[dict[str, object]], timestamps_us: list[int]
+) -> Iterator[list[float | None]]:
     """Yield one feature row per event, the plain-Python way."""
     accounts: dict[tuple[str, object], _Account] = {}
     places: dict[tuple[str, object], _Place] = {}

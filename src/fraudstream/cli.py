@@ -16,6 +16,7 @@ from fraudstream.core.errors import FraudstreamError
 from fraudstream.core.features import FeatureConfig, FeatureState
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
 from fraudstream.generator import GeneratorConfig, generate
+from fraudstream.generator.output import write_jsonl, write_labels, write_parquet
 from fraudstream.runners.replay import ReplayProgress, replay, scenario_report
 
 app = typer.Typer(help="Real-time payment fraud scoring.", no_args_is_help=True)
@@ -102,8 +103,6 @@ def generate_command(
     seed: Annotated[int, typer.Option()] = 7,
 ) -> None:
     """Write a labelled stream to JSON lines (events only) or Parquet (events with labels)."""
-    from fraudstream.generator.output import write_jsonl, write_labels, write_parquet
-
     stream = generate(GeneratorConfig(seed=seed, n_transactions=transactions))
     if out.suffix == ".parquet":
         write_parquet(stream, out)
@@ -117,7 +116,8 @@ def generate_command(
 def rules_check(path: Annotated[Path, typer.Argument(help="Ruleset YAML file")]) -> None:
     """Validate a ruleset file; exit 2 with the culprit named when it is bad."""
     try:
-        ruleset = compile_ruleset(parse_ruleset(path.read_text()), available_columns(FeatureConfig()))
+        spec = parse_ruleset(path.read_text())
+        ruleset = compile_ruleset(spec, available_columns(FeatureConfig()))
     except FraudstreamError as error:
         console.print(f"[red]rejected:[/red] {error}")
         raise typer.Exit(2) from None

@@ -36,7 +36,9 @@ class DecisionConfig:
             )
 
 
-def rule_scores(hits: npt.NDArray[np.bool_], weights: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def rule_scores(
+    hits: npt.NDArray[np.bool_], weights: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
     """Noisy-OR of the fired rules' weights (points out of 100), one score per row."""
     if hits.shape[1] == 0:
         return np.zeros(hits.shape[0], dtype=np.float64)
@@ -66,4 +68,4 @@ def actions_for(
     if hits.shape[1] == 0:
         return by_score
     by_rules = np.where(hits, rule_actions[np.newaxis, :], 0).max(axis=1).astype(np.int8)
-    return np.maximum(by_score, by_rules)
+    return np.asarray(np.maximum(by_score, by_rules), dtype=np.int8)

@@ -123,7 +123,9 @@ class Engine:
         )
         return Decisions(decided, hits)
 
-    def _model_scores(self, frame: pl.DataFrame) -> tuple[np.ndarray | None, list[list[str]] | None]:
+    def _model_scores(
+        self, frame: pl.DataFrame
+    ) -> tuple[np.ndarray | None, list[list[str]] | None]:
         if self.model is None:
             return None, None
         output = self.model.score(frame.select(self.model.feature_names))

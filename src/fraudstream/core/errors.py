@@ -7,7 +7,7 @@ class FraudstreamError(Exception):
     """Base of all core errors."""
 
 
-class InvalidTransaction(FraudstreamError):
+class InvalidTransaction(FraudstreamError):  # noqa: N818 - reads as what it is
     """A transaction record failed decoding or validation.
 
     `field` is the offending field (`$` when the record as a whole is unreadable), so a dead-letter

@@ -60,7 +60,7 @@ _PAN_LIKE = re.compile(r"^\d{12,19}$")
 
 
 def looks_like_card_number(text: str) -> bool:
-    """True for 12–19 digits passing the Luhn check: what a full card number (PAN) looks like."""
+    """True for 12-19 digits passing the Luhn check: what a full card number (PAN) looks like."""
     digits = text.replace(" ", "").replace("-", "")
     if not _PAN_LIKE.match(digits):
         return False

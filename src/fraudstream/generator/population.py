@@ -20,6 +20,7 @@ from fraudstream.generator.config import GeneratorConfig
 EARTH_RADIUS_KM: Final = 6371.0
 FAVOURITES: Final = 14
 """Most physical merchants one customer returns to (nearest to home first)."""
+_CANDIDATES: Final = 1024
 
 # (ISO 18245 MCC, share of merchants, typical-amount multiplier relative to the customer's own)
 PHYSICAL_MCCS: Final = (
@@ -327,7 +328,12 @@ def _favourites(
     merchant_lon: np.ndarray,
     physical: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each customer's 6-14 nearest physical merchants in their city (else country, else all)."""
+    """Each customer's 6-14 nearest physical merchants in their city (else country, else all).
+
+    In a big city, each block of customers looks among a random `_CANDIDATES` of the city's
+    shops rather than all of them, so the cost stays linear in customers: "nearest of a
+    thousand nearby shops" is as plausible a habit as "nearest of all".
+    """
     n_cust = len(customer_city)
     favourite = np.zeros((n_cust, FAVOURITES), np.int64)
     wanted = rng.integers(6, FAVOURITES + 1, n_cust)
@@ -340,8 +346,11 @@ def _favourites(
         if len(pool) == 0:
             pool = physical
         k = min(FAVOURITES, len(pool))
-        for block in range(0, len(customers), 1024):
-            who = customers[block : block + 1024]
+        city_pool = pool
+        for block in range(0, len(customers), _CANDIDATES):
+            who = customers[block : block + _CANDIDATES]
+            if len(city_pool) > _CANDIDATES:
+                pool = np.sort(rng.choice(city_pool, size=_CANDIDATES, replace=False))
             # Within a city a flat (equirectangular) distance ranks as well as great circles.
             squeeze = np.cos(np.radians(cust_lat[who, None]))
             dx = (merchant_lon[pool] - cust_lon[who, None] + 180.0) % 360.0 - 180.0

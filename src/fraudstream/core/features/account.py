@@ -281,7 +281,8 @@ def novelty_features(
             for j in range(novelty.m[chunk, 0]):
                 if novelty.i[chunk, j, 1] == values[f]:
                     # The newest sighting, or the one before it when the newest is this replay.
-                    latest = novelty.f[chunk, j, 3] if novelty.i[chunk, j, 2] == txh else novelty.i[chunk, j, 0]
+                    newest_is_self = novelty.i[chunk, j, 2] == txh
+                    latest = novelty.f[chunk, j, 3] if newest_is_self else novelty.i[chunk, j, 0]
             chunk = novelty.m[chunk, 1]
         out[base + f] = 0.0 if latest > t - ttl else 1.0
 

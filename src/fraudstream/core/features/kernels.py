@@ -19,7 +19,6 @@ from fraudstream.core.features.pool import (
     NO_CHUNK,
     NO_TIME,
     Pool,
-    append_record,
     free_chain,
     release_chunk,
 )

@@ -72,12 +72,12 @@ def grown(pool: Pool, min_free: int) -> Pool:
 
 
 def chunks_in_use(pool: Pool) -> int:
-    return int(pool.i.shape[0] - pool.top[0])
+    return int(pool.i.shape[0]) - int(pool.top[0])
 
 
 def chunk_bytes(pool: Pool) -> int:
     """Bytes one chunk occupies: its records, its meta row and its free-stack entry."""
-    return pool.i.shape[1] * FIELDS * 8 + 3 * 8 + 8
+    return int(pool.i.shape[1]) * FIELDS * 8 + 3 * 8 + 8
 
 
 def retained_records(pool: Pool) -> int:
@@ -92,7 +92,7 @@ def take_chunk(pool: Pool) -> int:
     pool.m[chunk, 0] = 0
     pool.m[chunk, 1] = NO_CHUNK
     pool.m[chunk, 2] = NO_TIME
-    return chunk
+    return int(chunk)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

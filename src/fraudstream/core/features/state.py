@@ -33,11 +33,11 @@ from fraudstream.core.features.pool import (
     NO_CHUNK,
     NO_TIME,
     Pool,
+    chunk_bytes,
     chunks_in_use,
     grown,
     new_pool,
     retained_records,
-    chunk_bytes,
 )
 from fraudstream.core.features.walk import BatchColumns, Tables, evict_idle, walk_batch
 
