@@ -87,6 +87,8 @@ class ScenarioRows:
     )
 
     def add(self, **values: object) -> None:
+        if unknown := values.keys() - self.columns.keys():
+            raise KeyError(f"not a row column: {sorted(unknown)}")
         for name, column in self.columns.items():
             column.append(values.get(name))
 
