@@ -30,6 +30,8 @@ from fraudstream.core.features.config import (
 
 EARTH_RADIUS_KM = 6371.0088
 SECOND_US = 1_000_000
+MIN_STD = 1e-4
+"""The contract counts a standard deviation below this as 0 (float residue, not spread)."""
 
 ENTITY_COLUMNS: dict[str, str] = {
     "card": "card_ref",
@@ -151,12 +153,12 @@ class _Reference:
             mean = sum(amounts, Fraction(0)) / len(amounts)
             out[f"amount_mean_by_{kind}"] = float(mean)
             if len(amounts) >= 2:
-                variance = sum(((a - mean) ** 2 for a in amounts), Fraction(0)) / (
-                    len(amounts) - 1
-                )
+                variance = sum(((a - mean) ** 2 for a in amounts), Fraction(0)) / (len(amounts) - 1)
                 std = math.sqrt(float(variance))
+                if std < MIN_STD:
+                    std = 0.0  # the contract: a deviation this small is float residue
                 out[f"amount_std_by_{kind}"] = std
-                if variance != 0:
+                if std > 0:
                     out[f"amount_zscore_by_{kind}"] = float(Fraction(ev.amount) - mean) / std
 
         prev = _latest_before(past, ev.t)
@@ -212,11 +214,7 @@ class _Reference:
         pasts: dict[str, list[RefEvent]] = {}
         for kind, key in live.items():
             history = self.history[kind].setdefault(key, [])
-            if (
-                not is_replay
-                and history
-                and ev.t > max(e.t for e in history) + self.config.ttl_us
-            ):
+            if not is_replay and history and ev.t > max(e.t for e in history) + self.config.ttl_us:
                 history.clear()
             pasts[kind] = [e for e in history if e.transaction_id != ev.transaction_id]
 

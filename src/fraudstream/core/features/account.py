@@ -34,6 +34,9 @@ from fraudstream.core.features.kernels import (
 )
 from fraudstream.core.features.pool import NO_CHUNK, Pool, append_record
 
+MIN_STD = 1e-4
+"""A deviation below a hundredth of a cent is float residue (say of taking a replay back out
+of the running moments), not a real spread: it counts as 0, so the z-score is null."""
 ACCOUNT_SCALARS = 6
 """mean, std, zscore, seconds since previous, distance and speed from the previous location."""
 
@@ -184,6 +187,8 @@ def _amount_profile(
             n, mean = n - 1, old_mean
     out[at] = mean if n >= 1 else np.nan
     std = math.sqrt(m2 / (n - 1)) if n >= 2 else np.nan
+    if n >= 2 and std < MIN_STD:
+        std = 0.0  # rounding residue of taking a replay back out, not a real spread
     out[at + 1] = std
     out[at + 2] = (amount - mean) / std if n >= 2 and std > 0 else np.nan
 

@@ -23,7 +23,8 @@ stream may still deliver them out of order).
   counts when floor(ts / bucket) * bucket lies in (floor(t / bucket) * bucket - w,
   floor(t / bucket) * bucket]. Exact at the bucket grain.
 * `amount_mean/std_by_E` are over the entity's whole history (std is the sample deviation,
-  null under two events); `amount_zscore_by_E` = (amount - mean) / std, null when std is 0.
+  null under two events; below 1e-4 it is 0: float residue, not spread);
+  `amount_zscore_by_E` = (amount - mean) / std, null when std is 0.
 * The previous transaction is the history event with the greatest event time <= t (ties: the
   later processed). `seconds_since_prev_by_E` = t - its time. The previous *located* one is the
   same among history events with coordinates; when the event itself has coordinates,
