@@ -19,6 +19,7 @@ from typing import Final
 import numpy as np
 import polars as pl
 
+from fraudstream.core.events import TRANSACTION_SCHEMA
 from fraudstream.generator.config import SCENARIOS, GeneratorConfig
 from fraudstream.generator.population import (
     ATM_MCC,
@@ -35,20 +36,14 @@ DAY: Final = 24 * HOUR
 FAR_KM: Final = 3200.0
 """Impossible travel goes at least this far; with at most 3 h elapsed that is > 1000 km/h."""
 
+_EVENT_FIELDS: Final = (
+    "merchant_id", "mcc", "terminal_id", "amount", "currency", "country", "latitude",
+    "longitude", "channel", "device_id", "ip",
+)  # fmt: skip
 ROW_SCHEMA: Final[dict[str, pl.DataType]] = {
     "ts": pl.Int64(),
     "card": pl.Int64(),
-    "merchant_id": pl.String(),
-    "mcc": pl.String(),
-    "terminal_id": pl.String(),
-    "amount": pl.Float64(),
-    "currency": pl.String(),
-    "country": pl.String(),
-    "latitude": pl.Float64(),
-    "longitude": pl.Float64(),
-    "channel": pl.String(),
-    "device_id": pl.String(),
-    "ip": pl.String(),
+    **{name: TRANSACTION_SCHEMA[name] for name in _EVENT_FIELDS},
     "is_fraud": pl.Boolean(),
     "scenario": pl.String(),
 }

@@ -141,8 +141,13 @@ def account_features(
     scratch: npt.NDArray[np.float64],
     prev_scratch: npt.NDArray[np.int64],
 ) -> None:
-    """Write one paying entity's features for one event into out[base:base + width]."""
+    """Write one paying entity's features for one event into out[base:base + width].
+
+    A null entity (slot -1) gets all-null features."""
     n_windows = windows.shape[0]
+    if s < 0:
+        out[base : base + account_width(n_windows)] = np.nan
+        return
     counts = scratch[:n_windows]
     sums = scratch[n_windows : 2 * n_windows]
     prev = prev_scratch

@@ -29,6 +29,9 @@ def place_features(
     `scratch` has shape (3, capacity); a busier entity gets a fresh, larger buffer.
     """
     n_windows = windows.shape[0]
+    if s < 0:  # a null merchant or terminal: all-null features
+        out[base : base + 2 * n_windows] = np.nan
+        return
     longest = windows[n_windows - 1]
     size = chain_length(events, ei[s, EV_HEAD]) + 1
     if size > scratch.shape[1]:

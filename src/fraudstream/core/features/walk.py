@@ -137,11 +137,11 @@ def walk_batch(
                            idle_before)  # fmt: skip
             _reset_if_idle(terminal_i, terminal_f, terminal, terminals, card_buckets, novelty,
                            idle_before)  # fmt: skip
-        _account_step(
+        account_features(
             cards, card_buckets, card_i, card_f, card, t, amount, txh, lat, lon, replay,
             windows, n_exact, bucket, row, 0, scratch, prev_scratch,
         )  # fmt: skip
-        _account_step(
+        account_features(
             customers, customer_buckets, customer_i, customer_f, customer, t, amount, txh, lat,
             lon, replay, windows, n_exact, bucket, row, width, scratch, prev_scratch,
         )  # fmt: skip
@@ -152,9 +152,9 @@ def walk_batch(
                 novelty, card_i, card, t, txh, batch.novelty[:, i], batch.novelty_present[:, i],
                 ttl, row, novelty_base,
             )  # fmt: skip
-        _place_step(merchants, merchant_i, merchant, t, txh, payer, place_windows, row,
+        place_features(merchants, merchant_i, merchant, t, txh, payer, place_windows, row,
                     place_base, place_scratch)  # fmt: skip
-        _place_step(terminals, terminal_i, terminal, t, txh, payer, place_windows, row,
+        place_features(terminals, terminal_i, terminal, t, txh, payer, place_windows, row,
                     place_base + place_width, place_scratch)  # fmt: skip
         if replay:
             meta[M_REPLAYED] += 1
@@ -206,55 +206,6 @@ def _reset_if_idle(
     last = ints[s, LAST_TS]
     if last != NO_TIME and last < idle_before:
         release_entity(ints, floats, s, events, buckets, novelty, True, True)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _account_step(
-    events: Pool,
-    buckets: Pool,
-    ints: npt.NDArray[np.int64],
-    floats: npt.NDArray[np.float64],
-    s: int,
-    t: int,
-    amount: float,
-    txh: int,
-    lat: float,
-    lon: float,
-    replay: bool,
-    windows: npt.NDArray[np.int64],
-    n_exact: int,
-    bucket: int,
-    row: npt.NDArray[np.float64],
-    base: int,
-    scratch: npt.NDArray[np.float64],
-    prev_scratch: npt.NDArray[np.int64],
-) -> None:
-    if s < 0:
-        row[base : base + account_width(windows.shape[0])] = np.nan
-        return
-    account_features(
-        events, buckets, ints, floats, s, t, amount, txh, lat, lon, replay, windows, n_exact,
-        bucket, row, base, scratch, prev_scratch,
-    )  # fmt: skip
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _place_step(
-    events: Pool,
-    ints: npt.NDArray[np.int64],
-    s: int,
-    t: int,
-    txh: int,
-    payer: int,
-    windows: npt.NDArray[np.int64],
-    row: npt.NDArray[np.float64],
-    base: int,
-    scratch: npt.NDArray[np.int64],
-) -> None:
-    if s < 0:
-        row[base : base + 2 * windows.shape[0]] = np.nan
-        return
-    place_features(events, ints, s, t, txh, payer, windows, row, base, scratch)
 
 
 @numba.njit(cache=True, nogil=True)
