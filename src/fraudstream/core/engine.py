@@ -167,9 +167,11 @@ class Engine:
         fired, reasons = full.get_column("rules_fired"), full.get_column("reasons")
         if drivers is not None:
             model_reasons = pl.Series([[f"model: {d}" for d in row] for row in drivers])
-            reasons = pl.DataFrame({"a": reasons, "b": model_reasons}).select(
-                pl.concat_list("a", "b").alias("reasons")
-            ).to_series()
+            reasons = (
+                pl.DataFrame({"a": reasons, "b": model_reasons})
+                .select(pl.concat_list("a", "b").alias("reasons"))
+                .to_series()
+            )
         return fired, reasons
 
     def _empty(self, state: FeatureState) -> Decisions:

@@ -23,8 +23,9 @@ class ReplayProgress:
     processed: int = 0
     flagged: int = 0
     elapsed_s: float = 0.0
-    actions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("approve", "review", "decline"), 0))
+    actions: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("approve", "review", "decline"), 0)
+    )
 
     @property
     def rate(self) -> float:

@@ -25,8 +25,6 @@ from fraudstream.core.features.kernels import (
     M2,
     MEAN,
     NEVER,
-    NV_HEAD,
-    NV_TAIL,
     US_PER_HOUR,
     US_PER_SECOND,
     drop_expired,
@@ -46,7 +44,7 @@ def account_width(n_windows: int) -> int:
     return 2 * n_windows + ACCOUNT_SCALARS
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _window_totals(
     events: Pool,
     buckets: Pool,
@@ -120,7 +118,7 @@ def _window_totals(
             sums[w] += amount
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def account_features(
     events: Pool,
     buckets: Pool,
@@ -220,7 +218,7 @@ def _previous_transaction(
     out[at + 2] = km / (elapsed / US_PER_HOUR)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def apply_account(
     events: Pool,
     buckets: Pool,
@@ -256,78 +254,24 @@ def apply_account(
 def _add_to_bucket(
     buckets: Pool, ei: npt.NDArray[np.int64], s: int, start: int, amount: float
 ) -> None:
+    """Add to the bucket starting at `start`: nearly always the newest, so the tail chunk is
+    searched first and the whole chain only when it is not there."""
+    tail = ei[s, BK_TAIL]
+    if tail != NO_CHUNK and _add_in_chunk(buckets, tail, start, amount):
+        return
     chunk = ei[s, BK_HEAD]
-    while chunk != NO_CHUNK:
-        for j in range(buckets.m[chunk, 0]):
-            if buckets.i[chunk, j, 0] == start:
-                buckets.i[chunk, j, 2] += 1
-                buckets.f[chunk, j, 3] += amount
-                return
+    while chunk != NO_CHUNK and chunk != tail:  # noqa: PLR1714 (numba: plain compares)
+        if _add_in_chunk(buckets, chunk, start, amount):
+            return
         chunk = buckets.m[chunk, 1]
     append_record(buckets, ei[s, BK_HEAD : BK_TAIL + 1], start, 0, 1, amount, np.nan, np.nan)
 
 
-@numba.njit(cache=True, nogil=True)
-def novelty_features(
-    novelty: Pool,
-    ei: npt.NDArray[np.int64],
-    s: int,
-    t: int,
-    txh: int,
-    values: npt.NDArray[np.int64],
-    present: npt.NDArray[np.bool_],
-    ttl: int,
-    out: npt.NDArray[np.float64],
-    base: int,
-) -> None:
-    """1.0 when the card never used this value within the TTL before, 0.0 when it did."""
-    for f in range(values.shape[0]):
-        if not present[f]:
-            out[base + f] = np.nan
-            continue
-        latest = NEVER
-        chunk = ei[s, NV_HEAD]
-        while chunk != NO_CHUNK:
-            for j in range(novelty.m[chunk, 0]):
-                if novelty.i[chunk, j, 1] == values[f]:
-                    # The newest sighting, or the one before it when the newest is this replay.
-                    newest_is_self = novelty.i[chunk, j, 2] == txh
-                    latest = novelty.f[chunk, j, 3] if newest_is_self else novelty.i[chunk, j, 0]
-            chunk = novelty.m[chunk, 1]
-        out[base + f] = 0.0 if latest > t - ttl else 1.0
-
-
-@numba.njit(cache=True, nogil=True)
-def apply_novelty(
-    novelty: Pool,
-    ei: npt.NDArray[np.int64],
-    ef: npt.NDArray[np.float64],
-    s: int,
-    t: int,
-    txh: int,
-    values: npt.NDArray[np.int64],
-    present: npt.NDArray[np.bool_],
-    horizon: int,
-) -> None:
-    drop_expired(novelty, ei, ef, s, NV_HEAD, horizon, False)
-    for f in range(values.shape[0]):
-        if present[f]:
-            _see_value(novelty, ei, s, t, txh, values[f])
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
-def _see_value(novelty: Pool, ei: npt.NDArray[np.int64], s: int, t: int, txh: int, v: int) -> None:
-    chunk = ei[s, NV_HEAD]
-    while chunk != NO_CHUNK:
-        for j in range(novelty.m[chunk, 0]):
-            if novelty.i[chunk, j, 1] == v:
-                if t >= novelty.i[chunk, j, 0]:
-                    novelty.f[chunk, j, 3] = float(novelty.i[chunk, j, 0])
-                    novelty.i[chunk, j, 0] = t
-                    novelty.i[chunk, j, 2] = txh
-                    novelty.m[chunk, 2] = max(novelty.m[chunk, 2], t)
-                elif t > novelty.f[chunk, j, 3]:
-                    novelty.f[chunk, j, 3] = float(t)
-                return
-        chunk = novelty.m[chunk, 1]
-    append_record(novelty, ei[s, NV_HEAD : NV_TAIL + 1], t, v, txh, NEVER, np.nan, np.nan)
+def _add_in_chunk(buckets: Pool, chunk: int, start: int, amount: float) -> bool:
+    for j in range(buckets.m[chunk, 0] - 1, -1, -1):
+        if buckets.i[chunk, j, 0] == start:
+            buckets.i[chunk, j, 2] += 1
+            buckets.f[chunk, j, 3] += amount
+            return True
+    return False

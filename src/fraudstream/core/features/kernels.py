@@ -53,9 +53,9 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def reset_entity(ei: npt.NDArray[np.int64], ef: npt.NDArray[np.float64], s: int) -> None:
-    ei[s, EV_HEAD:NV_TAIL + 1] = NO_CHUNK
+    ei[s, EV_HEAD : NV_TAIL + 1] = NO_CHUNK
     ei[s, LAST_TS] = NO_TIME
     ei[s, ACTIVE] = 1
     ei[s, COUNT] = 0
@@ -66,7 +66,7 @@ def reset_entity(ei: npt.NDArray[np.int64], ef: npt.NDArray[np.float64], s: int)
     ef[s, :] = 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def release_entity(
     ei: npt.NDArray[np.int64],
     ef: npt.NDArray[np.float64],
@@ -78,11 +78,11 @@ def release_entity(
     has_novelty: bool,
 ) -> None:
     """Free every chain of entity slot `s` and clear it (TTL reset or eviction)."""
-    free_chain(events, ei[s, EV_HEAD:EV_TAIL + 1])
+    free_chain(events, ei[s, EV_HEAD : EV_TAIL + 1])
     if has_buckets:
-        free_chain(buckets, ei[s, BK_HEAD:BK_TAIL + 1])
+        free_chain(buckets, ei[s, BK_HEAD : BK_TAIL + 1])
     if has_novelty:
-        free_chain(novelty, ei[s, NV_HEAD:NV_TAIL + 1])
+        free_chain(novelty, ei[s, NV_HEAD : NV_TAIL + 1])
     reset_entity(ei, ef, s)
 
 
@@ -97,7 +97,7 @@ def history_contains(pool: Pool, head: int, txh: int) -> bool:
     return False
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def drop_expired(
     pool: Pool,
     ei: npt.NDArray[np.int64],
@@ -107,27 +107,25 @@ def drop_expired(
     horizon: int,
     fold_previous: bool,
 ) -> None:
-    """Unlink and free the chunks of a chain whose records are all older than `horizon`.
+    """Unlink and free the leading chunks of a chain whose records are all older than
+    `horizon`.
 
-    For event chains of paying entities, the newest dropped event (and newest dropped located
-    event) is remembered, so "time since the previous transaction" survives the drop.
+    Only a prefix is dropped: chains are in processing order, so older chunks come first and
+    the walk stops at the first live one (usually the head) instead of visiting every chunk
+    on every event. An expired chunk behind a live one waits its turn; readers filter by time,
+    so that only delays freeing memory. For event chains of paying entities, the newest
+    dropped event (and newest dropped located event) is remembered, so "time since the
+    previous transaction" survives the drop.
     """
-    previous = NO_CHUNK
     chunk = ei[s, head_col]
-    while chunk != NO_CHUNK:
+    while chunk != NO_CHUNK and pool.m[chunk, 2] < horizon:
         following = pool.m[chunk, 1]
-        if pool.m[chunk, 2] < horizon:
-            if fold_previous:
-                _fold_into_evicted(pool, chunk, ei, ef, s)
-            if previous == NO_CHUNK:
-                ei[s, head_col] = following
-            else:
-                pool.m[previous, 1] = following
-            if ei[s, head_col + 1] == chunk:
-                ei[s, head_col + 1] = previous
-            release_chunk(pool, chunk)
-        else:
-            previous = chunk
+        if fold_previous:
+            _fold_into_evicted(pool, chunk, ei, ef, s)
+        ei[s, head_col] = following
+        if ei[s, head_col + 1] == chunk:
+            ei[s, head_col + 1] = NO_CHUNK
+        release_chunk(pool, chunk)
         chunk = following
 
 

@@ -11,7 +11,7 @@ from fraudstream.core.features.kernels import EV_HEAD, EV_TAIL, LAST_TS, drop_ex
 from fraudstream.core.features.pool import NO_CHUNK, Pool, append_record, chain_length
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def place_features(
     events: Pool,
     ei: npt.NDArray[np.int64],
@@ -76,7 +76,7 @@ def _distinct(values: npt.NDArray[np.int64]) -> int:
     return distinct
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def apply_place(
     events: Pool,
     ei: npt.NDArray[np.int64],

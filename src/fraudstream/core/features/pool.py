@@ -135,7 +135,7 @@ def append_record(
     pool.m[tail, 2] = max(pool.m[tail, 2], a)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def free_chain(pool: Pool, head_tail: npt.NDArray[np.int64]) -> None:
     chunk = head_tail[0]
     while chunk != NO_CHUNK:

@@ -7,7 +7,6 @@ the compiled walk (`walk.py`).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from fraudstream.core.features.kernels import (
     P_LATENESS,
     P_TTL,
 )
+from fraudstream.core.features.keys import live_keys, new_key_table, reserved
 from fraudstream.core.features.pool import (
     NO_CHUNK,
     NO_TIME,
@@ -49,9 +49,11 @@ KEY_COLUMNS = {
 }
 NOVELTY_COLUMNS = {"merchant": "merchant_id", "country": "country", "device": "device_id"}
 _HASH_SEEDS = (0x5EED_F00D, 0x0DDB_A11, 0xC0FFEE, 0xB16B00B5)
-_EMPTY_INT_ROW = np.array(
-    [NO_CHUNK] * 6 + [NO_TIME, 1, 0] + [NO_TIME] * 4, dtype=np.int64
-)
+_HASHED_COLUMNS = (
+    "transaction_id", "card_ref", "customer_id", "merchant_id", "terminal_id", "country",
+    "device_id",
+)  # fmt: skip
+_EMPTY_INT_ROW = np.array([NO_CHUNK] * 6 + [NO_TIME, 1, 0] + [NO_TIME] * 4, dtype=np.int64)
 assert _EMPTY_INT_ROW.shape[0] == N_INT_COLUMNS
 
 
@@ -68,69 +70,67 @@ class StateStats:
     watermark_us: int | None
 
 
-def stable_hash(column: pl.Series, seed_index: int = 0) -> npt.NDArray[np.int64]:
-    """64-bit hashes of a string column (nulls included), as int64 for the kernels."""
-    seeds = _HASH_SEEDS[seed_index % len(_HASH_SEEDS)]
-    hashed = column.hash(seed=seeds)
-    return hashed.to_numpy().view(np.int64)
+def _seed(column: str) -> int:
+    return _HASH_SEEDS[_HASHED_COLUMNS.index(column) % len(_HASH_SEEDS)]
+
+
+def _null_hash(column: str) -> int:
+    """Polars hashes a null to one constant per seed: that is how nulls are told apart."""
+    hashed = pl.Series([None], dtype=pl.String()).hash(seed=_seed(column))
+    return int(hashed.to_numpy().view(np.int64)[0])
+
+
+_HASH_EXPRESSIONS = [pl.col(c).hash(seed=_seed(c)) for c in _HASHED_COLUMNS]
+_NULL_HASHES = np.array([_null_hash(c) for c in _HASHED_COLUMNS], dtype=np.int64)
+_TXID, _CARD, _CUSTOMER = 0, 1, 2
+_KEY_ROWS = [_HASHED_COLUMNS.index(KEY_COLUMNS[kind]) for kind in ENTITY_KINDS]
+_NOVELTY_ROWS = [_HASHED_COLUMNS.index(NOVELTY_COLUMNS[field]) for field in NOVELTY_FIELDS]
+
+
+def hash_identifiers(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
+    """Shape (len(_HASHED_COLUMNS), n): 64-bit stable hashes of the identifier columns.
+
+    Every non-null value hashes to an odd number and a null to 0, so the kernels can test
+    for null without a second array. One select for all columns: Polars' overhead is per
+    call and per expression, and dominates a small batch.
+    """
+    hashed = frame.select(_HASH_EXPRESSIONS)
+    columns = [hashed.get_column(name).to_numpy() for name in _HASHED_COLUMNS]
+    hashes = np.stack(columns).view(np.int64)
+    nulls = hashes == _NULL_HASHES[:, np.newaxis]
+    hashes |= 1
+    hashes[nulls] = 0
+    return hashes
 
 
 class _Entities:
-    """Key -> slot mapping of one entity kind, with slot reuse after eviction."""
+    """The state rows of one entity kind and the key table that assigns them."""
 
     def __init__(self, capacity: int) -> None:
-        self.slots: dict[str, int] = {}
-        self.keys: list[str | None] = []
-        self.free: list[int] = []
+        self.keys = new_key_table(capacity)
         self.ints = np.tile(_EMPTY_INT_ROW, (capacity, 1))
         self.floats = np.zeros((capacity, N_FLOAT_COLUMNS), np.float64)
 
-    def lookup(self, keys: list[str | None]) -> npt.NDArray[np.int64]:
-        found = self.slots.get
-        result = [(-1 if key is None else found(key, -2)) for key in keys]
-        if -2 in result:
-            for index, key in enumerate(keys):
-                if result[index] == -2:
-                    assert key is not None
-                    slot = self.slots.get(key)
-                    result[index] = self._allocate(key) if slot is None else slot
-        return np.array(result, dtype=np.int64)
+    def reserve(self, new_keys: int) -> None:
+        """Room for `new_keys` first-seen keys; rows keep their slots."""
+        self.keys = reserved(self.keys, new_keys)
+        old, slots = self.ints.shape[0], self.keys.keys.shape[0]
+        if slots > old:
+            ints = np.tile(_EMPTY_INT_ROW, (slots, 1))
+            ints[:old] = self.ints
+            floats = np.zeros((slots, N_FLOAT_COLUMNS), np.float64)
+            floats[:old] = self.floats
+            self.ints, self.floats = ints, floats
 
-    def _allocate(self, key: str) -> int:
-        if self.free:
-            slot = self.free.pop()
-            self.keys[slot] = key
-        else:
-            slot = len(self.keys)
-            self.keys.append(key)
-            if slot >= self.ints.shape[0]:
-                self._grow()
-        self.ints[slot] = _EMPTY_INT_ROW
-        self.floats[slot] = 0.0
-        self.slots[key] = slot
-        return slot
-
-    def _grow(self) -> None:
-        old = self.ints.shape[0]
-        ints = np.tile(_EMPTY_INT_ROW, (2 * old, 1))
-        ints[:old] = self.ints
-        floats = np.zeros((2 * old, N_FLOAT_COLUMNS), np.float64)
-        floats[:old] = self.floats
-        self.ints, self.floats = ints, floats
-
-    def release(self, slots: npt.NDArray[np.int64]) -> None:
-        for slot in slots.tolist():
-            key = self.keys[slot]
-            if key is not None:
-                del self.slots[key]
-            self.keys[slot] = None
-            self.free.append(slot)
+    @property
+    def live(self) -> int:
+        return live_keys(self.keys)
 
     def memory_bytes(self) -> int:
-        live = len(self.slots)
+        """Rows and key-table entries of live entities (the table's load is at most 1/2)."""
         row = (N_INT_COLUMNS + N_FLOAT_COLUMNS) * 8
-        keys = sum(sys.getsizeof(k) for k in self.slots) + sys.getsizeof(self.slots)
-        return live * row + keys
+        key = 8 + 2 * 16
+        return self.live * (row + key)
 
 
 class FeatureState:
@@ -182,27 +182,18 @@ class FeatureState:
         return self._typed(out, late)
 
     def _columns(self, frame: pl.DataFrame) -> BatchColumns:
-        slots = np.empty((len(ENTITY_KINDS), frame.height), dtype=np.int64)
-        for k, kind in enumerate(ENTITY_KINDS):
-            keys = frame.get_column(KEY_COLUMNS[kind]).to_list()
-            slots[k] = self._entities[kind].lookup(keys)
-        payer = frame.select(pl.coalesce("card_ref", "customer_id")).to_series()
-        novelty = np.empty((len(NOVELTY_FIELDS), frame.height), dtype=np.int64)
-        present = np.empty((len(NOVELTY_FIELDS), frame.height), dtype=np.bool_)
-        for f, field in enumerate(NOVELTY_FIELDS):
-            column = frame.get_column(NOVELTY_COLUMNS[field])
-            novelty[f] = stable_hash(column, f + 1)
-            present[f] = column.is_not_null().to_numpy()
+        """The batch as kernel arrays. Numbers come straight out of Polars (nulls as NaN)."""
+        hashes = hash_identifiers(frame)
+        card, customer = hashes[_CARD], hashes[_CUSTOMER]
         return BatchColumns(
-            ts=frame.get_column("timestamp").dt.epoch("us").to_numpy().astype(np.int64),
-            amount=frame.get_column("amount").to_numpy().astype(np.float64),
-            txh=stable_hash(frame.get_column("transaction_id")),
-            lat=_with_nan(frame.get_column("latitude")),
-            lon=_with_nan(frame.get_column("longitude")),
-            slots=slots,
-            payer=stable_hash(payer),
-            novelty=novelty,
-            novelty_present=present,
+            ts=_epoch_us(frame.get_column("timestamp")),
+            amount=_float64(frame.get_column("amount")),
+            txh=hashes[_TXID],
+            lat=_float64(frame.get_column("latitude")),
+            lon=_float64(frame.get_column("longitude")),
+            keys=hashes[_KEY_ROWS],
+            payer=np.where(card != 0, card, customer),
+            novelty=hashes[_NOVELTY_ROWS],
         )
 
     def _reserve(self, n: int) -> None:
@@ -210,10 +201,13 @@ class FeatureState:
         self._events = [grown(pool, n + 1) for pool in self._events]
         self._buckets = [grown(pool, n + 1) for pool in self._buckets]
         self._novelty = grown(self._novelty, len(NOVELTY_FIELDS) * n + 1)
+        for entities in self._entities.values():
+            entities.reserve(n)
 
     def _tables(self) -> Tables:
         e = [self._entities[kind] for kind in ENTITY_KINDS]
         return Tables(
+            keys=(e[0].keys, e[1].keys, e[2].keys, e[3].keys),
             events=(self._events[0], self._events[1], self._events[2], self._events[3]),
             buckets=(self._buckets[0], self._buckets[1]),
             novelty=self._novelty,
@@ -251,13 +245,10 @@ class FeatureState:
         evicted = 0
         for k, kind in enumerate(ENTITY_KINDS):
             entities = self._entities[kind]
-            used = len(entities.keys)
-            live = np.array([key is not None for key in entities.keys], dtype=np.bool_)
-            last = entities.ints[:used, LAST_TS]
-            idle = np.flatnonzero(live & (last < cutoff))
+            live = entities.keys.keys != 0
+            idle = np.flatnonzero(live & (entities.ints[:, LAST_TS] < cutoff))
             if idle.size:
                 evict_idle(tables, k, idle.astype(np.int64))
-                entities.release(idle)
                 evicted += int(idle.size)
         return evicted
 
@@ -269,7 +260,7 @@ class FeatureState:
         retained = sum(retained_records(pool) for pool in self._events)
         has_watermark = bool(self._meta[M_HAS_WATERMARK])
         return StateStats(
-            entities={kind: len(e.slots) for kind, e in self._entities.items()},
+            entities={kind: e.live for kind, e in self._entities.items()},
             retained_events=retained,
             memory_bytes=in_use + entity_bytes,
             allocated_bytes=allocated + entity_bytes,
@@ -283,5 +274,12 @@ class FeatureState:
         return int(self._meta[M_WATERMARK]) if self._meta[M_HAS_WATERMARK] else None
 
 
-def _with_nan(column: pl.Series) -> npt.NDArray[np.float64]:
-    return column.cast(pl.Float64).fill_null(np.nan).to_numpy().astype(np.float64)
+def _epoch_us(column: pl.Series) -> npt.NDArray[np.int64]:
+    if column.dtype != pl.Datetime("us", column.dtype.time_zone):  # type: ignore[attr-defined]
+        column = column.dt.cast_time_unit("us")
+    return column.to_numpy().view(np.int64)
+
+
+def _float64(column: pl.Series) -> npt.NDArray[np.float64]:
+    """The column as float64 with NaN for null."""
+    return column.cast(pl.Float64).to_numpy()

@@ -12,8 +12,6 @@ from fraudstream.core.features.account import (
     account_features,
     account_width,
     apply_account,
-    apply_novelty,
-    novelty_features,
 )
 from fraudstream.core.features.kernels import (
     EV_HEAD,
@@ -30,33 +28,35 @@ from fraudstream.core.features.kernels import (
     P_TTL,
     history_contains,
     release_entity,
+    reset_entity,
 )
+from fraudstream.core.features.keys import KeyTable, add_key, find_slot, remove_key
+from fraudstream.core.features.novelty import N_NOVELTY, novelty_step
 from fraudstream.core.features.place import apply_place, place_features
 from fraudstream.core.features.pool import NO_TIME, Pool
 
 CARD, CUSTOMER, MERCHANT, TERMINAL = 0, 1, 2, 3
-N_NOVELTY = 3
 
 
 class BatchColumns(NamedTuple):
-    """One batch as the kernel reads it; keys already mapped to entity slots (-1 = null)."""
+    """One batch as the kernel reads it: every identifier already a 64-bit hash."""
 
     ts: npt.NDArray[np.int64]
     amount: npt.NDArray[np.float64]
     txh: npt.NDArray[np.int64]
     lat: npt.NDArray[np.float64]
     lon: npt.NDArray[np.float64]
-    slots: npt.NDArray[np.int64]
-    """shape (4, n): card, customer, merchant, terminal."""
+    keys: npt.NDArray[np.int64]
+    """shape (4, n): card, customer, merchant, terminal key hashes (0 = null)."""
     payer: npt.NDArray[np.int64]
     novelty: npt.NDArray[np.int64]
-    """shape (3, n): merchant, country, device value hashes."""
-    novelty_present: npt.NDArray[np.bool_]
+    """shape (3, n): merchant, country, device value hashes (0 = null)."""
 
 
 class Tables(NamedTuple):
     """Everything the kernel mutates. Pools and entity tables are indexed by entity kind."""
 
+    keys: tuple[KeyTable, KeyTable, KeyTable, KeyTable]
     events: tuple[Pool, Pool, Pool, Pool]
     buckets: tuple[Pool, Pool]
     novelty: Pool
@@ -94,6 +94,7 @@ def walk_batch(
     novelty = tables.novelty
     card_i, customer_i, merchant_i, terminal_i = tables.ints
     card_f, customer_f, merchant_f, terminal_f = tables.floats
+    card_k, customer_k, merchant_k, terminal_k = tables.keys
     params = tables.params
     meta = tables.meta
     windows = tables.account_windows
@@ -107,6 +108,8 @@ def walk_batch(
     scratch = np.empty(2 * windows.shape[0] + 4, np.float64)
     prev_scratch = np.empty(2, np.int64)
     place_scratch = np.empty((3, 1024), np.int64)
+    latest_seen = np.empty(N_NOVELTY, np.float64)
+    found = np.empty(N_NOVELTY, np.bool_)
     for i in range(batch.ts.shape[0]):
         t = batch.ts[i]
         if meta[M_HAS_WATERMARK] == 1 and t < meta[M_WATERMARK] - lateness:
@@ -115,8 +118,10 @@ def walk_batch(
             out[i, :] = np.nan
             continue
         late[i] = False
-        card, customer = batch.slots[CARD, i], batch.slots[CUSTOMER, i]
-        merchant, terminal = batch.slots[MERCHANT, i], batch.slots[TERMINAL, i]
+        card = _slot(card_k, card_i, card_f, batch.keys[CARD, i])
+        customer = _slot(customer_k, customer_i, customer_f, batch.keys[CUSTOMER, i])
+        merchant = _slot(merchant_k, merchant_i, merchant_f, batch.keys[MERCHANT, i])
+        terminal = _slot(terminal_k, terminal_i, terminal_f, batch.keys[TERMINAL, i])
         amount, txh, lat, lon = batch.amount[i], batch.txh[i], batch.lat[i], batch.lon[i]
         payer = batch.payer[i]
         row = out[i]
@@ -145,12 +150,13 @@ def walk_batch(
             customers, customer_buckets, customer_i, customer_f, customer, t, amount, txh, lat,
             lon, replay, windows, n_exact, bucket, row, width, scratch, prev_scratch,
         )  # fmt: skip
+        watermark = t if meta[M_HAS_WATERMARK] == 0 else max(meta[M_WATERMARK], t)
         if card < 0:
             row[novelty_base:place_base] = np.nan
         else:
-            novelty_features(
-                novelty, card_i, card, t, txh, batch.novelty[:, i], batch.novelty_present[:, i],
-                ttl, row, novelty_base,
+            novelty_step(
+                novelty, card_i, card, t, txh, batch.novelty[:, i], ttl, row, novelty_base,
+                not replay, watermark - lateness - ttl, latest_seen, found,
             )  # fmt: skip
         place_features(merchants, merchant_i, merchant, t, txh, payer, place_windows, row,
                     place_base, place_scratch)  # fmt: skip
@@ -159,7 +165,6 @@ def walk_batch(
         if replay:
             meta[M_REPLAYED] += 1
             continue
-        watermark = t if meta[M_HAS_WATERMARK] == 0 else max(meta[M_WATERMARK], t)
         event_horizon = watermark - params[P_EVENT_RETENTION]
         bucket_horizon = watermark - params[P_BUCKET_RETENTION]
         seq = meta[M_SEQUENCE]
@@ -167,10 +172,6 @@ def walk_batch(
             apply_account(
                 cards, card_buckets, card_i, card_f, card, t, amount, txh, seq, lat, lon,
                 has_buckets, bucket, event_horizon, bucket_horizon,
-            )  # fmt: skip
-            apply_novelty(
-                novelty, card_i, card_f, card, t, txh, batch.novelty[:, i],
-                batch.novelty_present[:, i], watermark - lateness - ttl,
             )  # fmt: skip
         if customer >= 0:
             apply_account(
@@ -184,6 +185,20 @@ def walk_batch(
         meta[M_WATERMARK] = watermark
         meta[M_HAS_WATERMARK] = 1
         meta[M_SEQUENCE] = seq + 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slot(
+    keys: KeyTable, ints: npt.NDArray[np.int64], floats: npt.NDArray[np.float64], key: int
+) -> int:
+    """The entity's state slot; a key seen for the first time gets a fresh, empty one."""
+    if key == 0:
+        return -1
+    slot = find_slot(keys, key)
+    if slot < 0:
+        slot = add_key(keys, key)
+        reset_entity(ints, floats, slot)
+    return slot
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -218,3 +233,4 @@ def evict_idle(tables: Tables, kind: int, slots: npt.NDArray[np.int64]) -> None:
             tables.ints[kind], tables.floats[kind], s, events, buckets, tables.novelty,
             kind < 2, kind == CARD,
         )  # fmt: skip
+        remove_key(tables.keys[kind], s)
