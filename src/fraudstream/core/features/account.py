@@ -22,19 +22,22 @@ from fraudstream.core.features.kernels import (
     EVICTED_SEQ,
     EVICTED_TS,
     LAST_TS,
-    M2,
-    MEAN,
     NEVER,
+    SQUARES_HI,
+    SQUARES_LO,
+    SUM_HI,
+    SUM_LO,
     US_PER_HOUR,
     US_PER_SECOND,
     drop_expired,
     haversine_km,
 )
+from fraudstream.core.features.moments import mean_and_variance, with_amount
 from fraudstream.core.features.pool import NO_CHUNK, Pool, append_record
 
 MIN_STD = 1e-4
-"""A deviation below a hundredth of a cent is float residue (say of taking a replay back out
-of the running moments), not a real spread: it counts as 0, so the z-score is null."""
+"""A deviation below a hundredth of a cent is no real spread (amounts equal up to rounding):
+it counts as 0, so the z-score is null rather than astronomically large."""
 ACCOUNT_SCALARS = 6
 """mean, std, zscore, seconds since previous, distance and speed from the previous location."""
 
@@ -177,21 +180,21 @@ def _amount_profile(
     out: npt.NDArray[np.float64],
     at: int,
 ) -> None:
-    """Mean, sample deviation and z-score of the amount against the entity's own history."""
+    """Mean, sample deviation and z-score of the amount against the entity's own history
+    (for a replay: every accepted event but itself)."""
     n = float(ei[s, COUNT])
-    mean = ef[s, MEAN]
-    m2 = ef[s, M2]
-    if replay and n > 0:  # take the event itself back out of the running moments
-        if n <= 1:
-            n, mean, m2 = 0.0, 0.0, 0.0
-        else:
-            old_mean = (n * mean - amount) / (n - 1)
-            m2 = max(0.0, m2 - (amount - old_mean) * (amount - mean))
-            n, mean = n - 1, old_mean
-    out[at] = mean if n >= 1 else np.nan
-    std = math.sqrt(m2 / (n - 1)) if n >= 2 else np.nan
+    sums = (ef[s, SUM_HI], ef[s, SUM_LO], ef[s, SQUARES_HI], ef[s, SQUARES_LO])
+    if replay and n > 0:
+        sums = with_amount(sums[0], sums[1], sums[2], sums[3], amount, -1.0)
+        n -= 1.0
+    if n < 1:
+        out[at : at + 3] = np.nan
+        return
+    mean, variance = mean_and_variance(n, sums[0], sums[1], sums[2], sums[3])
+    out[at] = mean
+    std = math.sqrt(variance) if n >= 2 else np.nan
     if n >= 2 and std < MIN_STD:
-        std = 0.0  # rounding residue of taking a replay back out, not a real spread
+        std = 0.0
     out[at + 1] = std
     out[at + 2] = (amount - mean) / std if n >= 2 and std > 0 else np.nan
 
@@ -242,11 +245,10 @@ def apply_account(
     if has_buckets:
         drop_expired(buckets, ei, ef, s, BK_HEAD, bucket_horizon, False)
         _add_to_bucket(buckets, ei, s, (t // bucket) * bucket, amount)
-    n = ei[s, COUNT] + 1
-    delta = amount - ef[s, MEAN]
-    ef[s, MEAN] += delta / n
-    ef[s, M2] += delta * (amount - ef[s, MEAN])
-    ei[s, COUNT] = n
+    sums = with_amount(ef[s, SUM_HI], ef[s, SUM_LO], ef[s, SQUARES_HI], ef[s, SQUARES_LO],
+                       amount, 1.0)  # fmt: skip
+    ef[s, SUM_HI], ef[s, SUM_LO], ef[s, SQUARES_HI], ef[s, SQUARES_LO] = sums
+    ei[s, COUNT] += 1
     ei[s, LAST_TS] = max(ei[s, LAST_TS], t)
 
 
