@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from fraudstream.core.decision import (
     ACTIONS,
@@ -91,7 +92,7 @@ class Engine:
         rules = ruleset.rules
         self._weights = np.array([rule.score for rule in rules], dtype=np.float64)
         self._rule_actions = np.array([SEVERITY[rule.action] for rule in rules], dtype=np.int8)
-        self._explainers = [_explainer(rule.id, _columns_read(rule.expression)) for rule in rules]
+        self._explainers = [(rule.id, _columns_read(rule.expression)) for rule in rules]
 
     def process(self, batch: pl.DataFrame, state: FeatureState) -> Decisions:
         """Score a batch (in the engine's transaction schema) and advance `state`."""
@@ -115,7 +116,7 @@ class Engine:
             _model_column(model_score, frame.height),
             pl.Series("action", np.array(ACTIONS)[action_rank], dtype=pl.String),
             pl.Series("is_flagged", action_rank > 0),
-            *self._fired_and_reasons(frame, hits, hit_matrix, drivers),
+            *self._fired_and_reasons(frame, hit_matrix, drivers),
             pl.lit(self._ruleset.version).alias("ruleset_version"),
             pl.lit(self.model.version if self.model else None, dtype=pl.String).alias(
                 "model_version"
@@ -134,45 +135,47 @@ class Engine:
     def _fired_and_reasons(
         self,
         frame: pl.DataFrame,
-        hits: pl.DataFrame,
         hit_matrix: np.ndarray,
         drivers: list[list[str]] | None,
     ) -> tuple[pl.Series, pl.Series]:
         """Per row: the fired rule ids, and each fired rule with the values it saw (then the
-        model's drivers). Strings are built only for rows something fired on: the few, not
-        the many, so a quiet batch costs almost nothing."""
+        model's drivers). Strings are built in plain Python for the rows something fired on:
+        the few, not the many, so a quiet batch costs almost nothing; the list columns are
+        assembled from flat values and offsets (Arrow), not from a list per row."""
         n = frame.height
-        list_type = pl.List(pl.String())
         late = frame.get_column("is_late").to_numpy()
-        interesting = np.flatnonzero(hit_matrix.any(axis=1) | late).astype(np.uint32)
-        subset = frame[interesting].with_columns(
-            self._ruleset.fired_ids(hits[interesting]).alias("_fired"),
-            pl.Series("_row", interesting, dtype=pl.UInt32),
-        )
-        parts = [pl.when(pl.col("_fired").list.contains(rule_id)).then(explain)
-                 for rule_id, explain in self._explainers]  # fmt: skip
-        parts.append(pl.when(pl.col("is_late")).then(pl.lit(LATE_REASON)))
-        explained = subset.select(
-            "_row", "_fired", pl.concat_list(parts).list.drop_nulls().alias("_reasons")
-        )
-        empty = pl.lit([], dtype=list_type)
-        full = (
-            pl.DataFrame({"_row": np.arange(n, dtype=np.uint32)})
-            .join(explained, on="_row", how="left", maintain_order="left")
-            .select(
-                pl.col("_fired").fill_null(empty).alias("rules_fired"),
-                pl.col("_reasons").fill_null(empty).alias("reasons"),
-            )
-        )
-        fired, reasons = full.get_column("rules_fired"), full.get_column("reasons")
+        rows = np.flatnonzero(hit_matrix.any(axis=1) | late)
+        fired_counts = np.zeros(n, dtype=np.int32)
+        reason_counts = np.zeros(n, dtype=np.int32)
+        fired: list[str] = []
+        reasons: list[str] = []
+        if rows.size:
+            seen = self._values_seen(frame, hit_matrix, rows)
+            for k, row in enumerate(rows.tolist()):
+                fired_before, reasons_before = len(fired), len(reasons)
+                for j in np.flatnonzero(hit_matrix[row]).tolist():
+                    rule_id, columns = self._explainers[j]
+                    fired.append(rule_id)
+                    reasons.append(_explain(rule_id, columns, seen, k))
+                fired_counts[row] = len(fired) - fired_before
+                if late[row]:
+                    reasons.append(LATE_REASON)
+                reason_counts[row] = len(reasons) - reasons_before
         if drivers is not None:
-            model_reasons = pl.Series([[f"model: {d}" for d in row] for row in drivers])
-            reasons = (
-                pl.DataFrame({"a": reasons, "b": model_reasons})
-                .select(pl.concat_list("a", "b").alias("reasons"))
-                .to_series()
-            )
-        return fired, reasons
+            reasons, reason_counts = _with_model_reasons(reasons, reason_counts, drivers)
+        return (
+            _list_column("rules_fired", fired, fired_counts),
+            _list_column("reasons", reasons, reason_counts),
+        )
+
+    def _values_seen(
+        self, frame: pl.DataFrame, hit_matrix: np.ndarray, rows: np.ndarray
+    ) -> dict[str, list[object]]:
+        """The values of every column a fired rule reads, at the given rows."""
+        rules_fired = np.flatnonzero(hit_matrix[rows].any(axis=0)).tolist()
+        columns = dict.fromkeys(c for j in rules_fired for c in self._explainers[j][1])
+        picked = frame.select(list(columns))[rows.astype(np.uint32)] if columns else None
+        return {c: picked.get_column(c).to_list() for c in columns} if picked is not None else {}
 
     def _empty(self, state: FeatureState) -> Decisions:
         del state
@@ -191,12 +194,42 @@ def _columns_read(expression: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(pl.sql_expr(expression).meta.root_names()))
 
 
-def _explainer(rule_id: str, columns: tuple[str, ...]) -> tuple[str, pl.Expr]:
+def _explain(rule_id: str, columns: tuple[str, ...], seen: dict[str, list[object]], k: int) -> str:
     """`card_velocity_10m: tx_count_by_card_10m=7, amount=12.5` for a fired rule."""
     if not columns:
-        return rule_id, pl.lit(rule_id)
-    pieces: list[pl.Expr] = [pl.lit(f"{rule_id}: ")]
-    for index, column in enumerate(columns):
-        pieces.append(pl.lit(f", {column}=" if index else f"{column}="))
-        pieces.append(pl.col(column).cast(pl.String).fill_null("null"))
-    return rule_id, pl.concat_str(pieces)
+        return rule_id
+    values = ", ".join(f"{c}={_shown(seen[c][k])}" for c in columns)
+    return f"{rule_id}: {values}"
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _with_model_reasons(
+    reasons: list[str], counts: np.ndarray, drivers: list[list[str]]
+) -> tuple[list[str], np.ndarray]:
+    """Append `model: <driver>` to each row's rule reasons."""
+    merged: list[str] = []
+    start = 0
+    for row, row_drivers in enumerate(drivers):
+        end = start + int(counts[row])
+        merged.extend(reasons[start:end])
+        merged.extend(f"model: {d}" for d in row_drivers)
+        start = end
+    merged_counts = counts + np.array([len(d) for d in drivers], dtype=np.int32)
+    return merged, merged_counts
+
+
+def _list_column(name: str, values: list[str], counts: np.ndarray) -> pl.Series:
+    """A `list[str]` column from flat values and per-row counts."""
+    offsets = np.zeros(counts.shape[0] + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.string()))
+    series = pl.from_arrow(lists)
+    assert isinstance(series, pl.Series)
+    return series.alias(name)
