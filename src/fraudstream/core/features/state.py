@@ -1,8 +1,8 @@
 """`FeatureState`: the in-memory per-entity state and the one call that advances it.
 
-The Python side maps entity keys to slots, hashes identifiers, makes sure the pools have room,
-and turns the kernel's NaN-for-null matrix into typed columns. Everything per event happens in
-the compiled walk (`walk.py`).
+The Python side hashes identifiers (one Polars select), makes sure the pools and key tables
+have room, and turns the kernel's NaN-for-null matrix into typed columns. Everything per event,
+including finding each entity's slot (`keys.py`), happens in the compiled walk (`walk.py`).
 """
 
 from __future__ import annotations
