@@ -173,9 +173,11 @@ class Engine:
     ) -> dict[str, list[object]]:
         """The values of every column a fired rule reads, at the given rows."""
         rules_fired = np.flatnonzero(hit_matrix[rows].any(axis=0)).tolist()
-        columns = dict.fromkeys(c for j in rules_fired for c in self._explainers[j][1])
-        picked = frame.select(list(columns))[rows.astype(np.uint32)] if columns else None
-        return {c: picked.get_column(c).to_list() for c in columns} if picked is not None else {}
+        columns = list(dict.fromkeys(c for j in rules_fired for c in self._explainers[j][1]))
+        if not columns:
+            return {}
+        picked = frame.select(columns)[rows.astype(np.uint32)]
+        return {c: picked.get_column(c).to_list() for c in columns}
 
     def _empty(self, state: FeatureState) -> Decisions:
         del state

@@ -30,8 +30,6 @@ from fraudstream.core.features.kernels import (
 )
 from fraudstream.core.features.keys import live_keys, new_key_table, reserved
 from fraudstream.core.features.pool import (
-    NO_CHUNK,
-    NO_TIME,
     Pool,
     chunk_bytes,
     chunks_in_use,
@@ -53,8 +51,6 @@ _HASHED_COLUMNS = (
     "transaction_id", "card_ref", "customer_id", "merchant_id", "terminal_id", "country",
     "device_id",
 )  # fmt: skip
-_EMPTY_INT_ROW = np.array([NO_CHUNK] * 6 + [NO_TIME, 1, 0] + [NO_TIME] * 4, dtype=np.int64)
-assert _EMPTY_INT_ROW.shape[0] == N_INT_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +100,15 @@ def hash_identifiers(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
 
 
 class _Entities:
-    """The state rows of one entity kind and the key table that assigns them."""
+    """The state rows of one entity kind and the key table that assigns them.
+
+    A row is cleared by the kernel when its slot is handed to a key (`walk._slot`), so rows
+    start as plain zeros here and free rows are never read.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.keys = new_key_table(capacity)
-        self.ints = np.tile(_EMPTY_INT_ROW, (capacity, 1))
+        self.ints = np.zeros((capacity, N_INT_COLUMNS), np.int64)
         self.floats = np.zeros((capacity, N_FLOAT_COLUMNS), np.float64)
 
     def reserve(self, new_keys: int) -> None:
@@ -116,7 +116,7 @@ class _Entities:
         self.keys = reserved(self.keys, new_keys)
         old, slots = self.ints.shape[0], self.keys.keys.shape[0]
         if slots > old:
-            ints = np.tile(_EMPTY_INT_ROW, (slots, 1))
+            ints = np.zeros((slots, N_INT_COLUMNS), np.int64)
             ints[:old] = self.ints
             floats = np.zeros((slots, N_FLOAT_COLUMNS), np.float64)
             floats[:old] = self.floats
