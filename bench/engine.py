@@ -58,7 +58,7 @@ def state_only_rate(frame: pl.DataFrame, batch_size: int) -> tuple[float, Featur
     batches = [frame.slice(i, batch_size) for i in range(0, frame.height, batch_size)]
     start = time.perf_counter()
     for batch in batches:
-        state.update(batch)
+        state.advance(batch)
     return frame.height / (time.perf_counter() - start), state
 
 
@@ -132,8 +132,12 @@ def main() -> None:
         "batch_of_one_ms": single_event_latency_ms(frame, 500, 3000),
         "decode_json_tx_per_s": round(decode_rate(stream, args.tmp)),
         "state_bytes_per_active_card": round(stats.memory_bytes / max(1, stats.entities["card"])),
-        "state": {"entities": stats.entities, "retained_events": stats.retained_events,
-                  "memory_bytes": stats.memory_bytes, "allocated_bytes": stats.allocated_bytes},
+        "state": {
+            "entities": stats.entities,
+            "retained_events": stats.retained_events,
+            "memory_bytes": stats.memory_bytes,
+            "allocated_bytes": stats.allocated_bytes,
+        },
         "baseline": {
             "what": "plain-Python per-event loop, same default features, no rules",
             "events": baseline_events,

@@ -7,9 +7,11 @@ columns, and turn hits and scores into a decision with its reasons.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
@@ -21,7 +23,9 @@ from fraudstream.core.decision import (
     combine_scores,
     rule_scores,
 )
+from fraudstream.core.events import TRANSACTION_SCHEMA
 from fraudstream.core.features import FeatureConfig, FeatureState
+from fraudstream.core.features.state import FeatureColumns
 from fraudstream.core.rules.ruleset import CompiledRuleset, engine_columns
 from fraudstream.core.scoring import ModelScorer
 
@@ -39,25 +43,169 @@ DECISION_COLUMNS = (
     "model_version",
 )
 LATE_REASON = "late_event: arrived after the allowed lateness; stateful features are null"
+CARD_PRESENT = "card_present"
+_ACTION_NAMES = np.array(ACTIONS)
+_COLUMN_TYPES: dict[str, pl.DataType] = {**TRANSACTION_SCHEMA, CARD_PRESENT: pl.Boolean()}
 
 
-@dataclass(frozen=True, slots=True)
 class Decisions:
     """The result of one batch, rows in event-time processing order.
 
-    `frame` holds the transaction columns, every feature, and the decision columns named in
-    `DECISION_COLUMNS`; `hits` holds one Boolean column per enabled rule (for rule statistics).
+    The decision itself is held as arrays (`score`, `action`, `is_flagged`, ...), which is all
+    a caller deciding in-line needs. `frame` (the transaction columns, every feature and the
+    decision columns named in `DECISION_COLUMNS`) and `hits` (one Boolean column per enabled
+    rule) are built on first use, for sinks and reports.
     """
 
-    frame: pl.DataFrame
-    hits: pl.DataFrame
+    def __init__(
+        self,
+        inputs: _BatchInputs,
+        *,
+        rule_ids: tuple[str, ...],
+        hit_matrix: npt.NDArray[np.bool_],
+        score: npt.NDArray[np.float64],
+        rule_score: npt.NDArray[np.float64],
+        model_score: npt.NDArray[np.float64] | None,
+        action_rank: npt.NDArray[np.int8],
+        rules_fired: _Lists,
+        reasons: _Lists,
+        ruleset_version: str,
+        model_version: str | None,
+    ) -> None:
+        self._inputs = inputs
+        self.rule_ids = rule_ids
+        self.hit_matrix = hit_matrix
+        self.score = score
+        self.rule_score = rule_score
+        self.model_score = model_score
+        self.action_rank = action_rank
+        self.rules_fired = rules_fired
+        self.reasons = reasons
+        self.ruleset_version = ruleset_version
+        self.model_version = model_version
+        self._frame: pl.DataFrame | None = None
+
+    @property
+    def action(self) -> npt.NDArray[np.str_]:
+        return _ACTION_NAMES[self.action_rank]
+
+    @property
+    def is_flagged(self) -> npt.NDArray[np.bool_]:
+        return self.action_rank > 0
+
+    @property
+    def is_late(self) -> npt.NDArray[np.bool_]:
+        return self._inputs.features.late
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        if self._frame is None:
+            self._frame = self._inputs.frame().with_columns(self._decision_series())
+        return self._frame
 
     @property
     def decisions(self) -> pl.DataFrame:
         return self.frame.select(DECISION_COLUMNS)
 
+    @property
+    def hits(self) -> pl.DataFrame:
+        columns = {rule_id: self.hit_matrix[:, j] for j, rule_id in enumerate(self.rule_ids)}
+        return pl.DataFrame(columns, schema=dict.fromkeys(self.rule_ids, pl.Boolean()))
+
     def __len__(self) -> int:
-        return self.frame.height
+        return self._inputs.rows
+
+    def _decision_series(self) -> list[pl.Series]:
+        rows = len(self)
+        if self.model_score is None:
+            model = pl.Series("model_score", [None] * rows, dtype=pl.Float64)
+        else:
+            model = pl.Series("model_score", self.model_score, dtype=pl.Float64).fill_nan(None)
+        return [
+            pl.Series("score", np.round(self.score, 6)),
+            pl.Series("rule_score", np.round(self.rule_score, 6)),
+            model,
+            pl.Series("action", self.action, dtype=pl.String),
+            pl.Series("is_flagged", self.is_flagged),
+            self.rules_fired.to_series("rules_fired"),
+            self.reasons.to_series("reasons"),
+            pl.Series("ruleset_version", [self.ruleset_version] * rows, dtype=pl.String),
+            pl.Series("model_version", [self.model_version] * rows, dtype=pl.String),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Lists:
+    """A list of strings per row, held flat: all values, and how many belong to each row."""
+
+    values: list[str]
+    counts: npt.NDArray[np.int32]
+
+    def row(self, index: int) -> list[str]:
+        start = int(self.counts[:index].sum())
+        return self.values[start : start + int(self.counts[index])]
+
+    def to_series(self, name: str) -> pl.Series:
+        offsets = np.zeros(self.counts.shape[0] + 1, dtype=np.int32)
+        np.cumsum(self.counts, out=offsets[1:])
+        values = pa.array(self.values, type=pa.string())
+        series = pl.from_arrow(pa.ListArray.from_arrays(pa.array(offsets), values))
+        assert isinstance(series, pl.Series)
+        return series.alias(name)
+
+
+class _BatchInputs:
+    """One batch as rules read it: the kernel's feature arrays and the transaction columns.
+
+    Arrays are converted once per batch and only when a rule asks; the Polars frame of all
+    columns is built only for rules outside the NumPy subset, a model, or `Decisions.frame`.
+    """
+
+    def __init__(self, batch: pl.DataFrame, features: FeatureColumns) -> None:
+        self.batch = batch
+        self.features = features
+        self._numbers: dict[str, npt.NDArray[np.float64]] = {}
+        self._known: dict[str, npt.NDArray[np.bool_]] = {}
+        self._frame: pl.DataFrame | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.batch.height
+
+    def number(self, column: str) -> npt.NDArray[np.float64]:
+        if column in self.features.index:
+            return self.features.column(column)
+        cached = self._numbers.get(column)
+        if cached is None:
+            if column == CARD_PRESENT:
+                hit, known = self.equals("channel", "card_present")
+                cached = np.where(known, hit.astype(np.float64), np.nan)
+            else:  # a Float64 column's nulls come out as NaN
+                cached = self.batch.get_column(column).cast(pl.Float64).to_numpy()
+            self._numbers[column] = cached
+        return cached
+
+    def equals(self, column: str, text: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        series = self.batch.get_column(column)
+        known = self._known.get(column)
+        if known is None:
+            known = self._known[column] = series.is_not_null().to_numpy()
+        return (series == text).fill_null(False).to_numpy(), known
+
+    def frame(self) -> pl.DataFrame:
+        if self._frame is None:
+            card_present = pa.array(self.number(CARD_PRESENT), from_pandas=True).cast(pa.bool_())
+            columns = pl.concat([self.batch, self.features.to_frame()], how="horizontal")
+            self._frame = columns.with_columns(pl.Series(CARD_PRESENT, card_present))
+        return self._frame
+
+    def values_at(self, column: str, rows: npt.NDArray[np.intp]) -> list[str]:
+        """A column's values at `rows`, as reasons show them."""
+        dtype = _COLUMN_TYPES.get(column) or self.features.dtypes.get(column) or pl.Float64()
+        if column in self.features.index or column == CARD_PRESENT or dtype.is_float():
+            return [_shown(v, dtype) for v in self.number(column)[rows].tolist()]
+        picked = self.batch.get_column(column).gather(rows.astype(np.uint32)).to_list()
+        return ["null" if v is None else str(v) for v in picked]
 
 
 def available_columns(config: FeatureConfig) -> dict[str, pl.DataType]:
@@ -96,61 +244,55 @@ class Engine:
 
     def process(self, batch: pl.DataFrame, state: FeatureState) -> Decisions:
         """Score a batch (in the engine's transaction schema) and advance `state`."""
-        if batch.height == 0:
-            return self._empty(state)
         if not batch.get_column("timestamp").is_sorted():
             batch = batch.sort("timestamp", maintain_order=True)
-        features = state.update(batch)
-        frame = pl.concat([batch, features], how="horizontal").with_columns(
-            card_present=pl.col("channel") == "card_present"
-        )
-        hits = self._ruleset.evaluate(frame)
-        hit_matrix = hits.to_numpy().astype(np.bool_, copy=False).reshape(frame.height, -1)
+        inputs = _BatchInputs(batch, state.advance(batch))
+        hit_matrix, _ = self._ruleset.evaluate_batch(inputs)
         by_rules = rule_scores(hit_matrix, self._weights)
-        model_score, drivers = self._model_scores(frame)
+        model_score, drivers = self._model_scores(inputs)
         score = combine_scores(by_rules, model_score)
         action_rank = actions_for(score, hit_matrix, self._rule_actions, self.decision)
-        decided = frame.with_columns(
-            pl.Series("score", np.round(score, 6)),
-            pl.Series("rule_score", np.round(by_rules, 6)),
-            _model_column(model_score, frame.height),
-            pl.Series("action", np.array(ACTIONS)[action_rank], dtype=pl.String),
-            pl.Series("is_flagged", action_rank > 0),
-            *self._fired_and_reasons(frame, hit_matrix, drivers),
-            pl.lit(self._ruleset.version).alias("ruleset_version"),
-            pl.lit(self.model.version if self.model else None, dtype=pl.String).alias(
-                "model_version"
-            ),
+        rules_fired, reasons = self._fired_and_reasons(inputs, hit_matrix, drivers)
+        return Decisions(
+            inputs,
+            rule_ids=self._ruleset.rule_ids,
+            hit_matrix=hit_matrix,
+            score=score,
+            rule_score=by_rules,
+            model_score=model_score,
+            action_rank=action_rank,
+            rules_fired=rules_fired,
+            reasons=reasons,
+            ruleset_version=self._ruleset.version,
+            model_version=self.model.version if self.model else None,
         )
-        return Decisions(decided, hits)
 
     def _model_scores(
-        self, frame: pl.DataFrame
-    ) -> tuple[np.ndarray | None, list[list[str]] | None]:
+        self, inputs: _BatchInputs
+    ) -> tuple[npt.NDArray[np.float64] | None, list[list[str]] | None]:
         if self.model is None:
             return None, None
-        output = self.model.score(frame.select(self.model.feature_names))
+        output = self.model.score(inputs.frame().select(self.model.feature_names))
         return np.clip(output.scores, 0.0, 1.0), output.drivers
 
     def _fired_and_reasons(
         self,
-        frame: pl.DataFrame,
-        hit_matrix: np.ndarray,
+        inputs: _BatchInputs,
+        hit_matrix: npt.NDArray[np.bool_],
         drivers: list[list[str]] | None,
-    ) -> tuple[pl.Series, pl.Series]:
+    ) -> tuple[_Lists, _Lists]:
         """Per row: the fired rule ids, and each fired rule with the values it saw (then the
         model's drivers). Strings are built in plain Python for the rows something fired on:
-        the few, not the many, so a quiet batch costs almost nothing; the list columns are
-        assembled from flat values and offsets (Arrow), not from a list per row."""
-        n = frame.height
-        late = frame.get_column("is_late").to_numpy()
+        the few, not the many, so a quiet batch costs almost nothing."""
+        n = inputs.rows
+        late = inputs.features.late
         rows = np.flatnonzero(hit_matrix.any(axis=1) | late)
         fired_counts = np.zeros(n, dtype=np.int32)
         reason_counts = np.zeros(n, dtype=np.int32)
         fired: list[str] = []
         reasons: list[str] = []
         if rows.size:
-            seen = self._values_seen(frame, hit_matrix, rows)
+            seen = self._values_seen(inputs, hit_matrix, rows)
             for k, row in enumerate(rows.tolist()):
                 fired_before, reasons_before = len(fired), len(reasons)
                 for j in np.flatnonzero(hit_matrix[row]).tolist():
@@ -163,32 +305,15 @@ class Engine:
                 reason_counts[row] = len(reasons) - reasons_before
         if drivers is not None:
             reasons, reason_counts = _with_model_reasons(reasons, reason_counts, drivers)
-        return (
-            _list_column("rules_fired", fired, fired_counts),
-            _list_column("reasons", reasons, reason_counts),
-        )
+        return _Lists(fired, fired_counts), _Lists(reasons, reason_counts)
 
     def _values_seen(
-        self, frame: pl.DataFrame, hit_matrix: np.ndarray, rows: np.ndarray
-    ) -> dict[str, list[object]]:
-        """The values of every column a fired rule reads, at the given rows."""
+        self, inputs: _BatchInputs, hit_matrix: npt.NDArray[np.bool_], rows: npt.NDArray[np.intp]
+    ) -> dict[str, list[str]]:
+        """How every column a fired rule reads is shown, at the given rows."""
         rules_fired = np.flatnonzero(hit_matrix[rows].any(axis=0)).tolist()
-        columns = list(dict.fromkeys(c for j in rules_fired for c in self._explainers[j][1]))
-        if not columns:
-            return {}
-        picked = frame.select(columns)[rows.astype(np.uint32)]
-        return {c: picked.get_column(c).to_list() for c in columns}
-
-    def _empty(self, state: FeatureState) -> Decisions:
-        del state
-        schema = {name: pl.Null() for name in DECISION_COLUMNS}
-        return Decisions(pl.DataFrame(schema=schema), pl.DataFrame())
-
-
-def _model_column(model_score: np.ndarray | None, height: int) -> pl.Series:
-    if model_score is None:
-        return pl.Series("model_score", [None] * height, dtype=pl.Float64)
-    return pl.Series("model_score", model_score, dtype=pl.Float64).fill_nan(None)
+        columns = dict.fromkeys(c for j in rules_fired for c in self._explainers[j][1])
+        return {c: inputs.values_at(c, rows) for c in columns}
 
 
 def _columns_read(expression: str) -> tuple[str, ...]:
@@ -196,25 +321,28 @@ def _columns_read(expression: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(pl.sql_expr(expression).meta.root_names()))
 
 
-def _explain(rule_id: str, columns: tuple[str, ...], seen: dict[str, list[object]], k: int) -> str:
+def _explain(rule_id: str, columns: tuple[str, ...], seen: dict[str, list[str]], k: int) -> str:
     """`card_velocity_10m: tx_count_by_card_10m=7, amount=12.5` for a fired rule."""
     if not columns:
         return rule_id
-    values = ", ".join(f"{c}={_shown(seen[c][k])}" for c in columns)
+    values = ", ".join(f"{c}={seen[c][k]}" for c in columns)
     return f"{rule_id}: {values}"
 
 
-def _shown(value: object) -> str:
-    if value is None:
+def _shown(value: float, dtype: pl.DataType) -> str:
+    """A number from the engine's float arrays, shown as its column's type."""
+    if math.isnan(value):
         return "null"
-    if isinstance(value, bool):
+    if dtype == pl.Boolean:
         return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
+    if dtype.is_integer():
+        return str(int(value))
+    return repr(value)
 
 
 def _with_model_reasons(
-    reasons: list[str], counts: np.ndarray, drivers: list[list[str]]
-) -> tuple[list[str], np.ndarray]:
+    reasons: list[str], counts: npt.NDArray[np.int32], drivers: list[list[str]]
+) -> tuple[list[str], npt.NDArray[np.int32]]:
     """Append `model: <driver>` to each row's rule reasons."""
     merged: list[str] = []
     start = 0
@@ -225,13 +353,3 @@ def _with_model_reasons(
         start = end
     merged_counts = counts + np.array([len(d) for d in drivers], dtype=np.int32)
     return merged, merged_counts
-
-
-def _list_column(name: str, values: list[str], counts: np.ndarray) -> pl.Series:
-    """A `list[str]` column from flat values and per-row counts."""
-    offsets = np.zeros(counts.shape[0] + 1, dtype=np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.string()))
-    series = pl.from_arrow(lists)
-    assert isinstance(series, pl.Series)
-    return series.alias(name)

@@ -7,11 +7,13 @@ including finding each entity's slot (`keys.py`), happens in the compiled walk (
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+import pyarrow as pa
 
 from fraudstream.core.features.config import ENTITY_KINDS, NOVELTY_FIELDS, FeatureConfig
 from fraudstream.core.features.kernels import (
@@ -64,6 +66,47 @@ class StateStats:
     late_events: int
     replayed_events: int
     watermark_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureColumns:
+    """One batch's features as the kernel computed them: float64 with NaN for null.
+
+    Counts and flags are floats here too (exact: counts stay far below 2**53); `to_frame`
+    gives them their Int64 / Boolean types. Rules read these arrays directly, so a batch only
+    pays for a typed frame when something (a sink, a model) asks for one.
+    """
+
+    names: tuple[str, ...]
+    index: Mapping[str, int]
+    values: npt.NDArray[np.float64]
+    """shape (len(names), n): one contiguous row per feature."""
+    late: npt.NDArray[np.bool_]
+    dtypes: Mapping[str, pl.DataType]
+    """Int64 or Boolean for the features that are not Float64."""
+
+    def column(self, name: str) -> npt.NDArray[np.float64]:
+        row: npt.NDArray[np.float64] = self.values[self.index[name]]
+        return row
+
+    def to_frame(self, names: tuple[str, ...] | None = None) -> pl.DataFrame:
+        """Typed, nullable columns (NaN becomes null) plus `is_late`, built through Arrow."""
+        arrays, fields = [], []
+        for name in self.names if names is None else names:
+            column = pa.array(self.column(name), from_pandas=True)  # NaN -> null
+            dtype = self.dtypes.get(name)
+            if dtype == pl.Int64:
+                column = column.cast(pa.int64())
+            elif dtype == pl.Boolean:
+                column = column.cast(pa.bool_())
+            arrays.append(column)
+            fields.append(name)
+        if names is None:
+            arrays.append(pa.array(self.late))
+            fields.append("is_late")
+        frame = pl.from_arrow(pa.Table.from_arrays(arrays, names=fields))
+        assert isinstance(frame, pl.DataFrame)
+        return frame
 
 
 def _seed(column: str) -> int:
@@ -164,6 +207,7 @@ class FeatureState:
             **{name: pl.Int64() for name in c.count_features},
             **{name: pl.Boolean() for name in c.boolean_features},
         }
+        self._index = {name: position for position, name in enumerate(c.names)}
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -173,13 +217,19 @@ class FeatureState:
         `frame` has the engine's transaction schema. The result has one column per name in
         `config.names` plus `is_late`, row-aligned with the input.
         """
+        return self.advance(frame).to_frame()
+
+    def advance(self, frame: pl.DataFrame) -> FeatureColumns:
+        """Like `update`, but the features stay the kernel's float arrays (no frame built)."""
         n = frame.height
         batch = self._columns(frame)
         self._reserve(n)
         out = np.empty((n, len(self.config.names)), dtype=np.float64)
         late = np.empty(n, dtype=np.bool_)
         walk_batch(batch, self._tables(), self._n_exact, out, late)
-        return self._typed(out, late)
+        return FeatureColumns(
+            self.config.names, self._index, np.ascontiguousarray(out.T), late, self._dtypes
+        )
 
     def _columns(self, frame: pl.DataFrame) -> BatchColumns:
         """The batch as kernel arrays. Numbers come straight out of Polars (nulls as NaN)."""
@@ -218,17 +268,6 @@ class FeatureState:
             account_windows=self._account_windows,
             place_windows=self._place_windows,
         )
-
-    def _typed(self, out: npt.NDArray[np.float64], late: npt.NDArray[np.bool_]) -> pl.DataFrame:
-        """The kernel's NaN-for-null matrix as typed, nullable columns."""
-        columns = np.ascontiguousarray(out.T)
-        series = []
-        for index, name in enumerate(self.config.names):
-            column = pl.Series(name, columns[index], nan_to_null=True)
-            dtype = self._dtypes.get(name)
-            series.append(column if dtype is None else column.cast(dtype))
-        series.append(pl.Series("is_late", late))
-        return pl.DataFrame(series)
 
     # -- housekeeping -----------------------------------------------------------------------
 

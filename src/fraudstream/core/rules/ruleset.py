@@ -3,8 +3,13 @@
 Compilation turns each enabled rule's SQL text into a Polars expression with `pl.sql_expr` (a
 SQL parser, never Python `eval`), then checks that it only names known columns, that it looks
 at one transaction at a time (no aggregates, windows or subqueries, whose answer would depend
-on what else happens to be in the batch) and that it yields a Boolean. Evaluation runs every
-rule in a single `select`; a null answer (a feature that is unknown) counts as not fired.
+on what else happens to be in the batch) and that it yields a Boolean. A null answer (a
+feature that is unknown) counts as not fired.
+
+Two evaluators: `evaluate(frame)` runs every rule in one Polars `select`; `evaluate_batch`
+(the engine's) runs the rules `vector.py` can compile as NumPy programs over the engine's
+arrays and only the rest through Polars, because Polars' fixed cost per expression would
+otherwise dominate small batches.
 """
 
 from __future__ import annotations
@@ -14,13 +19,22 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from fraudstream.core.errors import RuleError
 from fraudstream.core.events import TRANSACTION_SCHEMA
 from fraudstream.core.rules.spec import Rule, RulesetSpec
+from fraudstream.core.rules.vector import (
+    ColumnSource,
+    Program,
+    UnsupportedError,
+    compile_rule,
+    fired,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -58,6 +72,17 @@ _NOT_ROW_WISE: Final[Mapping[str, str]] = {
 
 _MAX_MASK_RULES: Final = 63
 _MASK_MIN_ROWS: Final = 256
+
+
+class RuleInputs(ColumnSource, Protocol):
+    """A batch as the engine holds it: arrays for NumPy rules, a frame on demand for Polars."""
+
+    @property
+    def rows(self) -> int: ...
+
+    def frame(self) -> pl.DataFrame:
+        """Every column a rule may read (built only when some rule needs Polars)."""
+        ...
 
 
 def engine_columns(
@@ -135,17 +160,18 @@ class _FiredIds:
 class CompiledRuleset:
     """The enabled rules of a spec as ready-made Polars expressions. Immutable once built."""
 
-    __slots__ = ("_columns_used", "_exprs", "_fired", "_rules", "_spec")
+    __slots__ = ("_columns_used", "_exprs", "_fired", "_programs", "_rules", "_spec")
 
     def __init__(
         self,
         spec: RulesetSpec,
-        compiled: Sequence[tuple[Rule, pl.Expr]],
+        compiled: Sequence[tuple[Rule, pl.Expr, Program | None]],
         columns_used: frozenset[str],
     ) -> None:
         self._spec = spec
-        self._rules = tuple(rule for rule, _ in compiled)
-        self._exprs = tuple(expr for _, expr in compiled)
+        self._rules = tuple(rule for rule, _, _ in compiled)
+        self._exprs = tuple(expr for _, expr, _ in compiled)
+        self._programs = tuple(program for _, _, program in compiled)
         self._columns_used = columns_used
         self._fired = _FiredIds([rule.id for rule in self._rules])
 
@@ -195,6 +221,46 @@ class CompiledRuleset:
         except (Exception, _PanicException):
             return self._evaluate_one_by_one(frame)
 
+    @property
+    def polars_rule_ids(self) -> tuple[str, ...]:
+        """The rules outside the NumPy subset, which `evaluate_batch` hands to Polars."""
+        return tuple(r.id for r, p in zip(self._rules, self._programs, strict=True) if p is None)
+
+    def evaluate_batch(self, inputs: RuleInputs) -> tuple[npt.NDArray[np.bool_], dict[str, str]]:
+        """Hits as a (rows, rules) Boolean matrix, and the rules that failed with the reason.
+
+        Same answers as `evaluate` (a failed rule has not fired); NumPy where it can, Polars
+        for the rest.
+        """
+        rows = inputs.rows
+        hits = np.zeros((rows, len(self._rules)), dtype=np.bool_)
+        errors: dict[str, str] = {}
+        left_to_polars: list[int] = []
+        for j, program in enumerate(self._programs):
+            if program is None:
+                left_to_polars.append(j)
+                continue
+            try:
+                hits[:, j] = fired(program, inputs, rows)
+            except Exception as error:  # one bad rule must not stop the batch
+                errors[self._rules[j].id] = f"{type(error).__name__}: {error}"
+        if left_to_polars:
+            frame = inputs.frame()
+            self._check_frame(frame)
+            try:
+                selected = frame.select([self._exprs[j] for j in left_to_polars])
+                for k, j in enumerate(left_to_polars):
+                    hits[:, j] = selected.to_series(k).to_numpy()
+            except (Exception, _PanicException):
+                for j in left_to_polars:  # again one by one, to tell which rule failed
+                    try:
+                        hits[:, j] = frame.select(self._exprs[j]).to_series().to_numpy()
+                    except (Exception, _PanicException) as error:
+                        errors[self._rules[j].id] = _polars_message(error)
+        for rule_id, reason in errors.items():
+            _log.warning("rule %r failed on a batch of %d rows: %s", rule_id, rows, reason)
+        return hits, errors
+
     def fired_ids(self, hits: pl.DataFrame) -> pl.Series:
         """Per row, the ids of the rules that fired, in rule order (for reason codes)."""
         return self._fired(hits)
@@ -231,15 +297,24 @@ def compile_ruleset(
     schema = dict(available_columns)
     empty = pl.DataFrame(schema=schema)
     nulls = empty.clear(2)
-    compiled: list[tuple[Rule, pl.Expr]] = []
+    compiled: list[tuple[Rule, pl.Expr, Program | None]] = []
     used: set[str] = set()
     for rule in spec.rules:
         if not rule.enabled:
             continue
         expr = _compile_rule(rule, schema, empty, nulls)
         used.update(expr.meta.root_names())
-        compiled.append((rule, expr))
+        compiled.append((rule, expr, _numpy_program(rule, schema)))
     return CompiledRuleset(spec, compiled, frozenset(used))
+
+
+def _numpy_program(rule: Rule, schema: Mapping[str, pl.DataType]) -> Program | None:
+    """The rule as a NumPy program, or None when it needs Polars (see `vector.py`)."""
+    try:
+        return compile_rule(pl.sql_expr(rule.expression), schema)
+    except UnsupportedError as reason:
+        _log.debug("rule %r runs in Polars: %s", rule.id, reason)
+        return None
 
 
 def _compile_rule(

@@ -1,0 +1,422 @@
+"""Rules evaluated with NumPy: the common subset of the rule language, without Polars.
+
+Polars charges a fixed cost per expression per call (tens of microseconds on this hardware),
+which is the whole budget of a batch of one. Most rules are comparisons and arithmetic on
+numbers joined by AND / OR / NOT; those are compiled here, from the expression tree Polars'
+own SQL parser built (`Expr.meta.serialize`), into NumPy operations with Polars' semantics:
+
+- three-valued logic: a null operand gives a null result, except FALSE AND null = FALSE and
+  TRUE OR null = TRUE; a rule whose answer is null has not fired;
+- NaN (from 0/0 or inf - inf) is a value, not a null: greater than every number and equal to
+  itself, as Polars orders floats;
+- integers are carried as float64, exact below 2**53 (counts never get near);
+- a decimal literal (`2.5`) meets a float column as a float; beside an integer it is only
+  accepted where float rounding cannot change the answer.
+
+Anything outside the subset (string functions, IN lists, CASE, casts, integer remainder...)
+raises `UnsupportedError`, and that rule stays with Polars. `tests/unit/test_vector_rules.py`
+checks that both evaluators agree on random expressions over random data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+Kind = Literal["int", "float", "bool", "str", "decimal"]
+Bools = npt.NDArray[np.bool_]
+Floats = npt.NDArray[np.float64]
+
+_MAX_EXACT_INT = 2**53
+
+
+class UnsupportedError(Exception):
+    """The expression uses something the NumPy evaluator does not do; Polars evaluates it."""
+
+
+class ColumnSource(Protocol):
+    """Where compiled rules read their inputs; one instance per batch."""
+
+    def number(self, column: str) -> Floats:
+        """A numeric or Boolean column as float64 (Boolean as 0/1), NaN where null."""
+        ...
+
+    def equals(self, column: str, text: str) -> tuple[Bools, Bools]:
+        """(column == text, column is not null) for a string column."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A column of results: `values` where `known`, null elsewhere (values there are junk).
+
+    Literals are 0-d arrays; NumPy broadcasting makes them columns when they meet one.
+    """
+
+    values: npt.NDArray[Any]
+    known: Bools
+
+
+Program = Callable[[ColumnSource], Value]
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    kind: Kind
+    run: Program
+    constant: object = None
+    """The literal's value for literals (a Fraction for decimals), else None."""
+
+
+_TRUE: Bools = np.array(True)
+
+
+def compile_rule(expression: pl.Expr, schema: Mapping[str, pl.DataType]) -> Program:
+    """A NumPy program for a Boolean rule expression, or `UnsupportedError`.
+
+    Run it and take `values & known` for the rows it fired on.
+    """
+    tree = json.loads(expression.meta.serialize(format="json"))
+    compiled = _Compiler(schema).node(tree)
+    if compiled.kind != "bool":
+        raise UnsupportedError(f"the expression yields {compiled.kind}, not a Boolean")
+    return compiled.run
+
+
+def fired(program: Program, source: ColumnSource, rows: int) -> Bools:
+    """Where the rule is TRUE (null counts as not fired), as a column of `rows`."""
+    result = program(source)
+    hit = np.logical_and(result.values, result.known)
+    return np.broadcast_to(hit, (rows,))
+
+
+class _Compiler:
+    def __init__(self, schema: Mapping[str, pl.DataType]) -> None:
+        self._schema = schema
+
+    def node(self, tree: object) -> Compiled:
+        if not isinstance(tree, dict) or len(tree) != 1:
+            raise UnsupportedError(f"unexpected expression node {str(tree)[:60]}")
+        ((tag, body),) = tree.items()
+        handler = {
+            "Column": self._column,
+            "Literal": self._literal,
+            "BinaryExpr": self._binary_expr,
+            "Function": self._function,
+            "Cast": self._cast,
+        }.get(tag)
+        if handler is None:
+            raise UnsupportedError(f"expression node {tag}")
+        return handler(body)
+
+    # -- leaves -------------------------------------------------------------------------
+
+    def _column(self, name: object) -> Compiled:
+        if not isinstance(name, str) or name not in self._schema:
+            raise UnsupportedError(f"column {name!r}")
+        kind = _kind_of(self._schema[name])
+
+        if kind == "str":
+
+            def no_direct_use(source: ColumnSource) -> Value:
+                raise UnsupportedError("a string column outside `column = 'text'`")
+
+            return Compiled("str", no_direct_use, constant=name)
+
+        def read(source: ColumnSource) -> Value:
+            column = source.number(name)
+            known = ~np.isnan(column)
+            return Value(column != 0 if kind == "bool" else column, known)
+
+        return Compiled(kind, read)
+
+    def _literal(self, body: object) -> Compiled:
+        if not isinstance(body, dict) or len(body) != 1:
+            raise UnsupportedError("literal")
+        ((form, inner),) = body.items()
+        if not isinstance(inner, dict) or len(inner) != 1:
+            raise UnsupportedError(f"{form} literal")
+        ((type_name, raw),) = inner.items()
+        if type_name == "Int" and isinstance(raw, int) and abs(raw) < _MAX_EXACT_INT:
+            return _constant("int", np.array(float(raw)), raw)
+        if type_name == "Float" and isinstance(raw, float):
+            return _constant("float", np.array(raw), raw)
+        if type_name == "Boolean" and isinstance(raw, bool):
+            return _constant("bool", np.array(raw), raw)
+        if type_name == "String" and isinstance(raw, str):
+            return Compiled("str", _never, constant=raw)
+        if type_name == "Decimal" and isinstance(raw, list) and len(raw) == 3:
+            value = Fraction(int(raw[0]), 10 ** int(raw[2]))
+            return _constant("decimal", np.array(float(value)), value)
+        raise UnsupportedError(f"literal of type {type_name}")
+
+    # -- operators ----------------------------------------------------------------------
+
+    def _binary_expr(self, body: dict[str, Any]) -> Compiled:
+        op = body.get("op")
+        left, right = self.node(body.get("left")), self.node(body.get("right"))
+        return self._apply(str(op), left, right)
+
+    def _apply(self, op: str, left: Compiled, right: Compiled) -> Compiled:
+        if op in ("And", "LogicalAnd", "Or", "LogicalOr"):
+            if left.kind != "bool" or right.kind != "bool":
+                raise UnsupportedError(f"{op} of {left.kind} and {right.kind}")
+            combine = _and if "And" in op else _or
+            return Compiled("bool", combine(left.run, right.run))
+        if op in _COMPARISONS:
+            return self._compare(op, left, right)
+        if op in _ARITHMETIC:
+            return self._arithmetic(op, left, right)
+        raise UnsupportedError(f"operator {op}")
+
+    def _compare(self, op: str, left: Compiled, right: Compiled) -> Compiled:
+        if "str" in (left.kind, right.kind):
+            return self._compare_text(op, left, right)
+        if left.kind == "bool" or right.kind == "bool":
+            if left.kind != right.kind or op not in ("Eq", "NotEq"):
+                raise UnsupportedError(f"{op} of {left.kind} and {right.kind}")
+        else:
+            _check_decimal_comparison(left, right)
+        return Compiled("bool", _comparison(op, left.run, right.run))
+
+    def _compare_text(self, op: str, left: Compiled, right: Compiled) -> Compiled:
+        """Only `column = 'text'` (either way round, or <>) is done here."""
+        column, text = (left, right) if left.run is not _never else (right, left)
+        if (
+            op not in ("Eq", "NotEq")
+            or column.kind != "str"
+            or text.kind != "str"
+            or column.run is _never
+            or text.run is not _never
+        ):
+            raise UnsupportedError(f"{op} on strings other than column = 'text'")
+        name, literal, negate = str(column.constant), str(text.constant), op == "NotEq"
+
+        def equals(source: ColumnSource) -> Value:
+            hit, known = source.equals(name, literal)
+            return Value(~hit if negate else hit, known)
+
+        return Compiled("bool", equals)
+
+    def _arithmetic(self, op: str, left: Compiled, right: Compiled) -> Compiled:
+        kinds = {left.kind, right.kind}
+        if not kinds <= {"int", "float", "decimal"}:
+            raise UnsupportedError(f"{op} of {left.kind} and {right.kind}")
+        if "decimal" in kinds and kinds != {"decimal", "float"}:
+            raise UnsupportedError(f"{op} of a decimal literal with {left.kind} and {right.kind}")
+        kind: Kind = "int" if kinds == {"int"} and op != "Div" else "float"
+        return Compiled(kind, _arithmetic(_ARITHMETIC[op], left.run, right.run))
+
+    def _function(self, body: dict[str, Any]) -> Compiled:
+        function, inputs = body.get("function"), body.get("input")
+        if not isinstance(inputs, list):
+            raise UnsupportedError("function without inputs")
+        args = [self.node(item) for item in inputs]
+        if isinstance(function, dict) and len(function) == 1:
+            ((family, name),) = function.items()
+            if family == "Boolean":
+                return self._boolean_function(str(name), args)
+            if family == "Sql" and isinstance(name, dict) and set(name) == {"Binary"}:
+                if len(args) != 2:
+                    raise UnsupportedError("binary SQL function")
+                return self._apply(str(name["Binary"]), args[0], args[1])
+        if function == "Abs" and len(args) == 1 and args[0].kind in ("int", "float"):
+            return Compiled(args[0].kind, _abs(args[0].run))
+        if function == "Coalesce" and args:
+            return _coalesce(args)
+        raise UnsupportedError(f"function {str(function)[:40]}")
+
+    def _boolean_function(self, name: str, args: list[Compiled]) -> Compiled:
+        if len(args) != 1 or args[0].run is _never:
+            raise UnsupportedError(f"{name} here")
+        (arg,) = args
+        if name == "Not" and arg.kind == "bool":
+            return Compiled("bool", _not(arg.run))
+        if name in ("IsNull", "IsNotNull"):
+            operand = _text_known(str(arg.constant)) if arg.kind == "str" else arg.run
+            return Compiled("bool", _is_null(operand, negate=name == "IsNotNull"))
+        raise UnsupportedError(f"Boolean function {name}")
+
+    def _cast(self, body: dict[str, Any]) -> Compiled:
+        inner = self.node(body.get("expr"))
+        if body.get("dtype") == {"Literal": "Boolean"} and inner.kind == "bool":
+            return inner  # NOT wraps its operand in a cast to Boolean: a no-op on a Boolean
+        raise UnsupportedError(f"CAST to {body.get('dtype')}")
+
+
+# -- the operations ---------------------------------------------------------------------------
+
+_ARITHMETIC: dict[str, Callable[[Floats, Floats], Floats]] = {
+    "Plus": np.add,
+    "Minus": np.subtract,
+    "Multiply": np.multiply,
+    "Mul": np.multiply,
+    "Div": np.true_divide,
+    "TrueDivide": np.true_divide,
+}
+_COMPARISONS = frozenset({"Eq", "NotEq", "Gt", "GtEq", "Lt", "LtEq"})
+
+
+def _never(source: ColumnSource) -> Value:
+    raise UnsupportedError("a string literal outside `column = 'text'`")
+
+
+def _text_known(column: str) -> Program:
+    """A string column's nulls (its values are only ever compared with a literal)."""
+
+    def run(source: ColumnSource) -> Value:
+        return Value(np.zeros(0, np.bool_), source.equals(column, "")[1])
+
+    return run
+
+
+def _constant(kind: Kind, value: npt.NDArray[Any], literal: object) -> Compiled:
+    result = Value(value, _TRUE)
+    return Compiled(kind, lambda source: result, constant=literal)
+
+
+def _and(left: Program, right: Program) -> Program:
+    def run(source: ColumnSource) -> Value:
+        a, b = left(source), right(source)
+        a_true, b_true = a.values & a.known, b.values & b.known
+        known = (a.known & b.known) | (a.known & ~a.values) | (b.known & ~b.values)
+        return Value(a_true & b_true, known)
+
+    return run
+
+
+def _or(left: Program, right: Program) -> Program:
+    def run(source: ColumnSource) -> Value:
+        a, b = left(source), right(source)
+        a_true, b_true = a.values & a.known, b.values & b.known
+        return Value(a_true | b_true, (a.known & b.known) | a_true | b_true)
+
+    return run
+
+
+def _not(operand: Program) -> Program:
+    def run(source: ColumnSource) -> Value:
+        a = operand(source)
+        return Value(~a.values, a.known)
+
+    return run
+
+
+def _is_null(operand: Program, *, negate: bool) -> Program:
+    def run(source: ColumnSource) -> Value:
+        known = operand(source).known
+        return Value(known if negate else ~known, _TRUE)
+
+    return run
+
+
+def _greater(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> Bools:
+    """a > b with NaN above every number, as Polars orders floats."""
+    return np.asarray((a > b) | (np.isnan(a) & ~np.isnan(b)))
+
+
+def _equal(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> Bools:
+    """a == b with NaN equal to NaN, as Polars compares floats."""
+    return np.asarray((a == b) | (np.isnan(a) & np.isnan(b)))
+
+
+def _comparison(op: str, left: Program, right: Program) -> Program:
+    def run(source: ColumnSource) -> Value:
+        a, b = left(source), right(source)
+        known = a.known & b.known
+        if a.values.dtype == np.bool_:
+            equal = a.values == b.values
+            return Value(equal if op == "Eq" else ~equal, known)
+        if op == "Gt":
+            hit = _greater(a.values, b.values)
+        elif op == "Lt":
+            hit = _greater(b.values, a.values)
+        elif op == "GtEq":
+            hit = _greater(a.values, b.values) | _equal(a.values, b.values)
+        elif op == "LtEq":
+            hit = _greater(b.values, a.values) | _equal(a.values, b.values)
+        elif op == "Eq":
+            hit = _equal(a.values, b.values)
+        else:
+            hit = ~_equal(a.values, b.values)
+        return Value(hit, known)
+
+    return run
+
+
+def _arithmetic(
+    operation: Callable[[Floats, Floats], Floats], left: Program, right: Program
+) -> Program:
+    def run(source: ColumnSource) -> Value:
+        a, b = left(source), right(source)
+        with np.errstate(all="ignore"):
+            values = operation(a.values, b.values)
+        return Value(np.asarray(values, dtype=np.float64), a.known & b.known)
+
+    return run
+
+
+def _abs(operand: Program) -> Program:
+    def run(source: ColumnSource) -> Value:
+        a = operand(source)
+        return Value(np.abs(a.values), a.known)
+
+    return run
+
+
+def _coalesce(args: list[Compiled]) -> Compiled:
+    kinds = {arg.kind for arg in args}
+    if kinds == {"bool"}:
+        kind: Kind = "bool"
+    elif kinds <= {"int", "float"}:
+        kind = "int" if kinds == {"int"} else "float"
+    else:
+        raise UnsupportedError(f"COALESCE of {sorted(kinds)}")
+    programs = [arg.run for arg in args]
+
+    def run(source: ColumnSource) -> Value:
+        result = programs[0](source)
+        for program in programs[1:]:
+            other = program(source)
+            values = np.where(result.known, result.values, other.values)
+            result = Value(values, result.known | other.known)
+        return result
+
+    return Compiled(kind, run)
+
+
+def _check_decimal_comparison(left: Compiled, right: Compiled) -> None:
+    """A decimal literal against integers: fine unless float rounding crosses an integer."""
+    for decimal, other in ((left, right), (right, left)):
+        if decimal.kind != "decimal":
+            continue
+        if other.kind == "decimal":
+            raise UnsupportedError("a comparison of two decimal literals")
+        if other.kind == "int":
+            exact = decimal.constant
+            assert isinstance(exact, Fraction)
+            rounded = Fraction(float(exact))
+            same_floor = math.floor(rounded) == math.floor(exact)
+            same_integrality = (rounded.denominator == 1) == (exact.denominator == 1)
+            if not (same_floor and same_integrality):
+                raise UnsupportedError(f"decimal {exact} is not a float against an integer")
+
+
+def _kind_of(dtype: pl.DataType) -> Kind:
+    if dtype == pl.Boolean:
+        return "bool"
+    if dtype == pl.String:
+        return "str"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    raise UnsupportedError(f"a column of type {dtype}")
