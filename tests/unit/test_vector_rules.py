@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fraudstream.core.engine import available_columns
 from fraudstream.core.features import FeatureConfig
 from fraudstream.core.rules import load_default_ruleset
-from fraudstream.core.rules.vector import UnsupportedError, compile_rule, fired
+from fraudstream.core.rules.vector import Reader, UnsupportedError, compile_rule, fired
 
 SCHEMA: dict[str, pl.DataType] = {
     "i1": pl.Int64(),
@@ -54,7 +54,7 @@ def _polars_hits(frame: pl.DataFrame, text: str) -> np.ndarray | None:
 
 def _numpy_hits(frame: pl.DataFrame, text: str) -> np.ndarray:
     program = compile_rule(pl.sql_expr(text), SCHEMA)
-    return fired(program, FrameSource(frame), frame.height)
+    return fired(program, Reader(FrameSource(frame)), frame.height)
 
 
 # -- random data ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from fraudstream.core.features import FeatureConfig, FeatureState
 from fraudstream.core.features.state import FeatureColumns
 from fraudstream.core.rules.ruleset import CompiledRuleset, engine_columns
 from fraudstream.core.scoring import ModelScorer
+from fraudstream.core.text import equals_text
 
 DECISION_COLUMNS = (
     "transaction_id",
@@ -165,7 +166,6 @@ class _BatchInputs:
         self.batch = batch
         self.features = features
         self._numbers: dict[str, npt.NDArray[np.float64]] = {}
-        self._known: dict[str, npt.NDArray[np.bool_]] = {}
         self._frame: pl.DataFrame | None = None
 
     @property
@@ -186,11 +186,7 @@ class _BatchInputs:
         return cached
 
     def equals(self, column: str, text: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        series = self.batch.get_column(column)
-        known = self._known.get(column)
-        if known is None:
-            known = self._known[column] = series.is_not_null().to_numpy()
-        return (series == text).fill_null(False).to_numpy(), known
+        return equals_text(self.batch.get_column(column), text)
 
     def frame(self) -> pl.DataFrame:
         if self._frame is None:

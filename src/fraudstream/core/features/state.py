@@ -1,7 +1,8 @@
 """`FeatureState`: the in-memory per-entity state and the one call that advances it.
 
-The Python side hashes identifiers (one Polars select), makes sure the pools and key tables
-have room, and turns the kernel's NaN-for-null matrix into typed columns. Everything per event,
+The Python side hashes identifiers (compiled, from the Arrow buffers, `core/text.py`) and
+makes sure the pools and key tables have room; `FeatureColumns.to_frame` types the kernel's
+NaN-for-null matrix when a frame is wanted. Everything per event,
 including finding each entity's slot (`keys.py`), happens in the compiled walk (`walk.py`).
 """
 
@@ -40,6 +41,7 @@ from fraudstream.core.features.pool import (
     retained_records,
 )
 from fraudstream.core.features.walk import BatchColumns, Tables, evict_idle, walk_batch
+from fraudstream.core.text import hash_text
 
 KEY_COLUMNS = {
     "card": "card_ref",
@@ -109,36 +111,20 @@ class FeatureColumns:
         return frame
 
 
-def _seed(column: str) -> int:
-    return _HASH_SEEDS[_HASHED_COLUMNS.index(column) % len(_HASH_SEEDS)]
-
-
-def _null_hash(column: str) -> int:
-    """Polars hashes a null to one constant per seed: that is how nulls are told apart."""
-    hashed = pl.Series([None], dtype=pl.String()).hash(seed=_seed(column))
-    return int(hashed.to_numpy().view(np.int64)[0])
-
-
-_HASH_EXPRESSIONS = [pl.col(c).hash(seed=_seed(c)) for c in _HASHED_COLUMNS]
-_NULL_HASHES = np.array([_null_hash(c) for c in _HASHED_COLUMNS], dtype=np.int64)
 _TXID, _CARD, _CUSTOMER = 0, 1, 2
 _KEY_ROWS = [_HASHED_COLUMNS.index(KEY_COLUMNS[kind]) for kind in ENTITY_KINDS]
 _NOVELTY_ROWS = [_HASHED_COLUMNS.index(NOVELTY_COLUMNS[field]) for field in NOVELTY_FIELDS]
 
 
 def hash_identifiers(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
-    """Shape (len(_HASHED_COLUMNS), n): 64-bit stable hashes of the identifier columns.
+    """Shape (len(_HASHED_COLUMNS), n): stable 64-bit hashes of the identifier columns.
 
-    Every non-null value hashes to an odd number and a null to 0, so the kernels can test
-    for null without a second array. One select for all columns: Polars' overhead is per
-    call and per expression, and dominates a small batch.
+    Every non-null value hashes to an odd number and a null to 0 (see `core/text.py`).
     """
-    hashed = frame.select(_HASH_EXPRESSIONS)
-    columns = [hashed.get_column(name).to_numpy() for name in _HASHED_COLUMNS]
-    hashes = np.stack(columns).view(np.int64)
-    nulls = hashes == _NULL_HASHES[:, np.newaxis]
-    hashes |= 1
-    hashes[nulls] = 0
+    hashes = np.empty((len(_HASHED_COLUMNS), frame.height), dtype=np.int64)
+    for row, name in enumerate(_HASHED_COLUMNS):
+        seed = _HASH_SEEDS[row % len(_HASH_SEEDS)]
+        hashes[row] = hash_text(frame.get_column(name), seed)
     return hashes
 
 

@@ -31,6 +31,7 @@ from fraudstream.core.rules.spec import Rule, RulesetSpec
 from fraudstream.core.rules.vector import (
     ColumnSource,
     Program,
+    Reader,
     UnsupportedError,
     compile_rule,
     fired,
@@ -236,12 +237,13 @@ class CompiledRuleset:
         hits = np.zeros((rows, len(self._rules)), dtype=np.bool_)
         errors: dict[str, str] = {}
         left_to_polars: list[int] = []
+        reader = Reader(inputs)
         for j, program in enumerate(self._programs):
             if program is None:
                 left_to_polars.append(j)
                 continue
             try:
-                hits[:, j] = fired(program, inputs, rows)
+                hits[:, j] = fired(program, reader, rows)
             except Exception as error:  # one bad rule must not stop the batch
                 errors[self._rules[j].id] = f"{type(error).__name__}: {error}"
         if left_to_polars:

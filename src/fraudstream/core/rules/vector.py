@@ -65,7 +65,33 @@ class Value:
     known: Bools
 
 
-Program = Callable[[ColumnSource], Value]
+class Reader:
+    """One batch's columns as `Value`s, each converted once however many rules read it."""
+
+    __slots__ = ("_numbers", "_source", "_texts")
+
+    def __init__(self, source: ColumnSource) -> None:
+        self._source = source
+        self._numbers: dict[str, Value] = {}
+        self._texts: dict[tuple[str, str], Value] = {}
+
+    def number(self, column: str, *, boolean: bool) -> Value:
+        value = self._numbers.get(column)
+        if value is None:
+            raw = self._source.number(column)
+            known = ~np.isnan(raw)
+            value = self._numbers[column] = Value(raw != 0 if boolean else raw, known)
+        return value
+
+    def equals(self, column: str, text: str) -> Value:
+        value = self._texts.get((column, text))
+        if value is None:
+            hit, known = self._source.equals(column, text)
+            value = self._texts[column, text] = Value(hit, known)
+        return value
+
+
+Program = Callable[[Reader], Value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +100,8 @@ class Compiled:
     run: Program
     constant: object = None
     """The literal's value for literals (a Fraction for decimals), else None."""
+    may_be_nan: bool = False
+    """Only arithmetic makes a NaN (0/0, inf - inf); inputs carry NaN only as null."""
 
 
 _TRUE: Bools = np.array(True)
@@ -91,9 +119,9 @@ def compile_rule(expression: pl.Expr, schema: Mapping[str, pl.DataType]) -> Prog
     return compiled.run
 
 
-def fired(program: Program, source: ColumnSource, rows: int) -> Bools:
+def fired(program: Program, reader: Reader, rows: int) -> Bools:
     """Where the rule is TRUE (null counts as not fired), as a column of `rows`."""
-    result = program(source)
+    result = program(reader)
     hit = np.logical_and(result.values, result.known)
     return np.broadcast_to(hit, (rows,))
 
@@ -126,15 +154,15 @@ class _Compiler:
 
         if kind == "str":
 
-            def no_direct_use(source: ColumnSource) -> Value:
+            def no_direct_use(source: Reader) -> Value:
                 raise UnsupportedError("a string column outside `column = 'text'`")
 
             return Compiled("str", no_direct_use, constant=name)
 
-        def read(source: ColumnSource) -> Value:
-            column = source.number(name)
-            known = ~np.isnan(column)
-            return Value(column != 0 if kind == "bool" else column, known)
+        boolean = kind == "bool"
+
+        def read(source: Reader) -> Value:
+            return source.number(name, boolean=boolean)
 
         return Compiled(kind, read)
 
@@ -185,7 +213,8 @@ class _Compiler:
                 raise UnsupportedError(f"{op} of {left.kind} and {right.kind}")
         else:
             _check_decimal_comparison(left, right)
-        return Compiled("bool", _comparison(op, left.run, right.run))
+        nan_aware = left.may_be_nan or right.may_be_nan
+        return Compiled("bool", _comparison(op, left.run, right.run, nan_aware=nan_aware))
 
     def _compare_text(self, op: str, left: Compiled, right: Compiled) -> Compiled:
         """Only `column = 'text'` (either way round, or <>) is done here."""
@@ -200,9 +229,9 @@ class _Compiler:
             raise UnsupportedError(f"{op} on strings other than column = 'text'")
         name, literal, negate = str(column.constant), str(text.constant), op == "NotEq"
 
-        def equals(source: ColumnSource) -> Value:
-            hit, known = source.equals(name, literal)
-            return Value(~hit if negate else hit, known)
+        def equals(source: Reader) -> Value:
+            value = source.equals(name, literal)
+            return Value(~value.values, value.known) if negate else value
 
         return Compiled("bool", equals)
 
@@ -213,7 +242,8 @@ class _Compiler:
         if "decimal" in kinds and kinds != {"decimal", "float"}:
             raise UnsupportedError(f"{op} of a decimal literal with {left.kind} and {right.kind}")
         kind: Kind = "int" if kinds == {"int"} and op != "Div" else "float"
-        return Compiled(kind, _arithmetic(_ARITHMETIC[op], left.run, right.run))
+        run = _arithmetic(_ARITHMETIC[op], left.run, right.run)
+        return Compiled(kind, run, may_be_nan=True)
 
     def _function(self, body: dict[str, Any]) -> Compiled:
         function, inputs = body.get("function"), body.get("input")
@@ -229,7 +259,7 @@ class _Compiler:
                     raise UnsupportedError("binary SQL function")
                 return self._apply(str(name["Binary"]), args[0], args[1])
         if function == "Abs" and len(args) == 1 and args[0].kind in ("int", "float"):
-            return Compiled(args[0].kind, _abs(args[0].run))
+            return Compiled(args[0].kind, _abs(args[0].run), may_be_nan=args[0].may_be_nan)
         if function == "Coalesce" and args:
             return _coalesce(args)
         raise UnsupportedError(f"function {str(function)[:40]}")
@@ -265,15 +295,15 @@ _ARITHMETIC: dict[str, Callable[[Floats, Floats], Floats]] = {
 _COMPARISONS = frozenset({"Eq", "NotEq", "Gt", "GtEq", "Lt", "LtEq"})
 
 
-def _never(source: ColumnSource) -> Value:
+def _never(source: Reader) -> Value:
     raise UnsupportedError("a string literal outside `column = 'text'`")
 
 
 def _text_known(column: str) -> Program:
     """A string column's nulls (its values are only ever compared with a literal)."""
 
-    def run(source: ColumnSource) -> Value:
-        return Value(np.zeros(0, np.bool_), source.equals(column, "")[1])
+    def run(source: Reader) -> Value:
+        return source.equals(column, "")
 
     return run
 
@@ -284,7 +314,7 @@ def _constant(kind: Kind, value: npt.NDArray[Any], literal: object) -> Compiled:
 
 
 def _and(left: Program, right: Program) -> Program:
-    def run(source: ColumnSource) -> Value:
+    def run(source: Reader) -> Value:
         a, b = left(source), right(source)
         a_true, b_true = a.values & a.known, b.values & b.known
         known = (a.known & b.known) | (a.known & ~a.values) | (b.known & ~b.values)
@@ -294,7 +324,7 @@ def _and(left: Program, right: Program) -> Program:
 
 
 def _or(left: Program, right: Program) -> Program:
-    def run(source: ColumnSource) -> Value:
+    def run(source: Reader) -> Value:
         a, b = left(source), right(source)
         a_true, b_true = a.values & a.known, b.values & b.known
         return Value(a_true | b_true, (a.known & b.known) | a_true | b_true)
@@ -303,7 +333,7 @@ def _or(left: Program, right: Program) -> Program:
 
 
 def _not(operand: Program) -> Program:
-    def run(source: ColumnSource) -> Value:
+    def run(source: Reader) -> Value:
         a = operand(source)
         return Value(~a.values, a.known)
 
@@ -311,7 +341,7 @@ def _not(operand: Program) -> Program:
 
 
 def _is_null(operand: Program, *, negate: bool) -> Program:
-    def run(source: ColumnSource) -> Value:
+    def run(source: Reader) -> Value:
         known = operand(source).known
         return Value(known if negate else ~known, _TRUE)
 
@@ -328,13 +358,25 @@ def _equal(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> Bools:
     return np.asarray((a == b) | (np.isnan(a) & np.isnan(b)))
 
 
-def _comparison(op: str, left: Program, right: Program) -> Program:
-    def run(source: ColumnSource) -> Value:
+_PLAIN_COMPARISONS: dict[str, Callable[[Any, Any], Bools]] = {
+    "Gt": np.greater,
+    "GtEq": np.greater_equal,
+    "Lt": np.less,
+    "LtEq": np.less_equal,
+    "Eq": np.equal,
+    "NotEq": np.not_equal,
+}
+
+
+def _comparison(op: str, left: Program, right: Program, *, nan_aware: bool) -> Program:
+    """Where neither side can hold a NaN (no arithmetic), NumPy's own comparison is Polars'."""
+    plain = _PLAIN_COMPARISONS[op]
+
+    def run(source: Reader) -> Value:
         a, b = left(source), right(source)
         known = a.known & b.known
-        if a.values.dtype == np.bool_:
-            equal = a.values == b.values
-            return Value(equal if op == "Eq" else ~equal, known)
+        if not nan_aware or a.values.dtype == np.bool_:
+            return Value(plain(a.values, b.values), known)
         if op == "Gt":
             hit = _greater(a.values, b.values)
         elif op == "Lt":
@@ -355,7 +397,7 @@ def _comparison(op: str, left: Program, right: Program) -> Program:
 def _arithmetic(
     operation: Callable[[Floats, Floats], Floats], left: Program, right: Program
 ) -> Program:
-    def run(source: ColumnSource) -> Value:
+    def run(source: Reader) -> Value:
         a, b = left(source), right(source)
         with np.errstate(all="ignore"):
             values = operation(a.values, b.values)
@@ -365,7 +407,7 @@ def _arithmetic(
 
 
 def _abs(operand: Program) -> Program:
-    def run(source: ColumnSource) -> Value:
+    def run(source: Reader) -> Value:
         a = operand(source)
         return Value(np.abs(a.values), a.known)
 
@@ -382,7 +424,7 @@ def _coalesce(args: list[Compiled]) -> Compiled:
         raise UnsupportedError(f"COALESCE of {sorted(kinds)}")
     programs = [arg.run for arg in args]
 
-    def run(source: ColumnSource) -> Value:
+    def run(source: Reader) -> Value:
         result = programs[0](source)
         for program in programs[1:]:
             other = program(source)
@@ -390,7 +432,7 @@ def _coalesce(args: list[Compiled]) -> Compiled:
             result = Value(values, result.known | other.known)
         return result
 
-    return Compiled(kind, run)
+    return Compiled(kind, run, may_be_nan=any(arg.may_be_nan for arg in args))
 
 
 def _check_decimal_comparison(left: Compiled, right: Compiled) -> None:
