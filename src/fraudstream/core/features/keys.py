@@ -76,9 +76,16 @@ def _rebuild(old: KeyTable, new: KeyTable) -> None:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _home(key: int, mask: int) -> int:
+    """A key's first probe position. Key hashes are odd (bit 0 marks non-null), so bit 0
+    carries no information and would leave every even position unused."""
+    return (key >> 1) & mask
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _insert(table: npt.NDArray[np.int64], key: int, slot: int) -> None:
     mask = table.shape[0] - 1
-    at = key & mask
+    at = _home(key, mask)
     while table[at, 0] != EMPTY:
         at = (at + 1) & mask
     table[at, 0] = key
@@ -92,7 +99,7 @@ def find_slot(keys: KeyTable, key: int) -> int:
         return -1
     table = keys.table
     mask = table.shape[0] - 1
-    at = key & mask
+    at = _home(key, mask)
     while table[at, 0] != EMPTY:
         if table[at, 0] == key:
             return int(table[at, 1])
@@ -120,12 +127,12 @@ def remove_key(keys: KeyTable, slot: int) -> None:
     keys.top[0] += 1
     table = keys.table
     mask = table.shape[0] - 1
-    hole = key & mask
+    hole = _home(key, mask)
     while table[hole, 0] != key:
         hole = (hole + 1) & mask
     at = (hole + 1) & mask
     while table[at, 0] != EMPTY:
-        home = table[at, 0] & mask
+        home = _home(table[at, 0], mask)
         # Move the entry back into the hole unless its home lies cyclically in (hole, at].
         if (at > hole and (home <= hole or home > at)) or (at < hole and hole >= home > at):
             table[hole, 0] = table[at, 0]
