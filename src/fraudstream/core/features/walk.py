@@ -107,7 +107,8 @@ def walk_batch(
     has_buckets = windows.shape[0] > n_exact
     scratch = np.empty(2 * windows.shape[0] + 4, np.float64)
     prev_scratch = np.empty(2, np.int64)
-    place_scratch = np.empty((3, 1024), np.int64)
+    place_scratch = np.full((4, 1024), -1, np.int64)
+    place_generation = np.zeros(1, np.int64)
     latest_seen = np.empty(N_NOVELTY, np.float64)
     found = np.empty(N_NOVELTY, np.bool_)
     for i in range(batch.ts.shape[0]):
@@ -158,10 +159,14 @@ def walk_batch(
                 novelty, card_i, card, t, txh, batch.novelty[:, i], ttl, row, novelty_base,
                 not replay, watermark - lateness - ttl, latest_seen, found,
             )  # fmt: skip
-        place_features(merchants, merchant_i, merchant, t, txh, payer, place_windows, row,
-                    place_base, place_scratch)  # fmt: skip
-        place_features(terminals, terminal_i, terminal, t, txh, payer, place_windows, row,
-                    place_base + place_width, place_scratch)  # fmt: skip
+        place_scratch = place_features(
+            merchants, merchant_i, merchant, t, txh, payer, place_windows, row, place_base,
+            place_scratch, place_generation,
+        )  # fmt: skip
+        place_scratch = place_features(
+            terminals, terminal_i, terminal, t, txh, payer, place_windows, row,
+            place_base + place_width, place_scratch, place_generation,
+        )  # fmt: skip
         if replay:
             meta[M_REPLAYED] += 1
             continue
