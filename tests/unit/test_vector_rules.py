@@ -1,4 +1,5 @@
-"""The NumPy rule evaluator agrees with Polars on random expressions over random data."""
+"""The NumPy rule evaluator (column-wise and row by row) agrees with Polars on random
+expressions over random data."""
 
 from __future__ import annotations
 
@@ -52,9 +53,9 @@ def _polars_hits(frame: pl.DataFrame, text: str) -> np.ndarray | None:
     return result.to_numpy()
 
 
-def _numpy_hits(frame: pl.DataFrame, text: str) -> np.ndarray:
+def _numpy_hits(frame: pl.DataFrame, text: str, *, scalar: bool = False) -> np.ndarray:
     program = compile_rule(pl.sql_expr(text), SCHEMA)
-    return fired(program, Reader(FrameSource(frame)), frame.height)
+    return fired(program, Reader(FrameSource(frame)), frame.height, scalar=scalar)
 
 
 # -- random data ------------------------------------------------------------------------------
@@ -139,6 +140,8 @@ def test_numpy_and_polars_agree(text: str, frame: pl.DataFrame) -> None:
         assume(False)
         return
     assert got.tolist() == expected.tolist(), text
+    one_by_one = _numpy_hits(frame, text, scalar=True)
+    assert one_by_one.tolist() == expected.tolist(), f"row by row: {text}"
 
 
 @pytest.mark.parametrize(
@@ -170,6 +173,7 @@ def test_edge_cases_agree(text: str) -> None:
     expected = _polars_hits(frame, text)
     assert expected is not None
     assert _numpy_hits(frame, text).tolist() == expected.tolist()
+    assert _numpy_hits(frame, text, scalar=True).tolist() == expected.tolist()
 
 
 @pytest.mark.parametrize(

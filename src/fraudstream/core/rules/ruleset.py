@@ -30,8 +30,8 @@ from fraudstream.core.events import TRANSACTION_SCHEMA
 from fraudstream.core.rules.spec import Rule, RulesetSpec
 from fraudstream.core.rules.vector import (
     ColumnSource,
-    Program,
     Reader,
+    RuleProgram,
     UnsupportedError,
     compile_rule,
     fired,
@@ -166,7 +166,7 @@ class CompiledRuleset:
     def __init__(
         self,
         spec: RulesetSpec,
-        compiled: Sequence[tuple[Rule, pl.Expr, Program | None]],
+        compiled: Sequence[tuple[Rule, pl.Expr, RuleProgram | None]],
         columns_used: frozenset[str],
     ) -> None:
         self._spec = spec
@@ -299,7 +299,7 @@ def compile_ruleset(
     schema = dict(available_columns)
     empty = pl.DataFrame(schema=schema)
     nulls = empty.clear(2)
-    compiled: list[tuple[Rule, pl.Expr, Program | None]] = []
+    compiled: list[tuple[Rule, pl.Expr, RuleProgram | None]] = []
     used: set[str] = set()
     for rule in spec.rules:
         if not rule.enabled:
@@ -310,7 +310,7 @@ def compile_ruleset(
     return CompiledRuleset(spec, compiled, frozenset(used))
 
 
-def _numpy_program(rule: Rule, schema: Mapping[str, pl.DataType]) -> Program | None:
+def _numpy_program(rule: Rule, schema: Mapping[str, pl.DataType]) -> RuleProgram | None:
     """The rule as a NumPy program, or None when it needs Polars (see `vector.py`)."""
     try:
         return compile_rule(pl.sql_expr(rule.expression), schema)

@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -68,11 +68,12 @@ class Value:
 class Reader:
     """One batch's columns as `Value`s, each converted once however many rules read it."""
 
-    __slots__ = ("_numbers", "_source", "_texts")
+    __slots__ = ("_lists", "_numbers", "_source", "_texts")
 
     def __init__(self, source: ColumnSource) -> None:
         self._source = source
         self._numbers: dict[str, Value] = {}
+        self._lists: dict[str, list[float]] = {}
         self._texts: dict[tuple[str, str], Value] = {}
 
     def number(self, column: str, *, boolean: bool) -> Value:
@@ -90,14 +91,55 @@ class Reader:
             value = self._texts[column, text] = Value(hit, known)
         return value
 
+    def row(self, index: int) -> Row:
+        return Row(self, index)
+
+    def number_list(self, column: str) -> list[float]:
+        """A column as Python floats (NaN for null), for the one-row-at-a-time path."""
+        values = self._lists.get(column)
+        if values is None:
+            values = self._lists[column] = self._source.number(column).tolist()
+        return values
+
+
+class Row:
+    """One row of a batch, read as Python scalars (None for null)."""
+
+    __slots__ = ("_index", "_reader")
+
+    def __init__(self, reader: Reader, index: int) -> None:
+        self._reader, self._index = reader, index
+
+    def number(self, column: str, *, boolean: bool) -> float | bool | None:
+        value = self._reader.number_list(column)[self._index]
+        if math.isnan(value):
+            return None
+        return value != 0 if boolean else value
+
+    def equals(self, column: str, text: str) -> bool | None:
+        value = self._reader.equals(column, text)
+        return bool(value.values[self._index]) if value.known[self._index] else None
+
 
 Program = Callable[[Reader], Value]
+Scalar = Callable[[Row], Any]
+"""The same rule on one row: Python floats and bools, None for null (cheaper than NumPy
+below a handful of rows, where a NumPy call's fixed cost dwarfs its work)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleProgram:
+    """A compiled rule: the column-wise program and its one-row twin."""
+
+    vector: Program
+    scalar: Scalar
 
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
     kind: Kind
     run: Program
+    scalar: Scalar
     constant: object = None
     """The literal's value for literals (a Fraction for decimals), else None."""
     may_be_nan: bool = False
@@ -107,21 +149,27 @@ class Compiled:
 _TRUE: Bools = np.array(True)
 
 
-def compile_rule(expression: pl.Expr, schema: Mapping[str, pl.DataType]) -> Program:
-    """A NumPy program for a Boolean rule expression, or `UnsupportedError`.
+SCALAR_ROWS: Final = 4
+"""Up to this many rows, rules run row by row on Python scalars."""
 
-    Run it and take `values & known` for the rows it fired on.
-    """
+
+def compile_rule(expression: pl.Expr, schema: Mapping[str, pl.DataType]) -> RuleProgram:
+    """NumPy and scalar programs for a Boolean rule expression, or `UnsupportedError`."""
     tree = json.loads(expression.meta.serialize(format="json"))
     compiled = _Compiler(schema).node(tree)
     if compiled.kind != "bool":
         raise UnsupportedError(f"the expression yields {compiled.kind}, not a Boolean")
-    return compiled.run
+    return RuleProgram(compiled.run, compiled.scalar)
 
 
-def fired(program: Program, reader: Reader, rows: int) -> Bools:
-    """Where the rule is TRUE (null counts as not fired), as a column of `rows`."""
-    result = program(reader)
+def fired(program: RuleProgram, reader: Reader, rows: int, *, scalar: bool | None = None) -> Bools:
+    """Where the rule is TRUE (null counts as not fired), as a column of `rows`.
+
+    `scalar` forces one path (tests compare both); by default small batches go row by row.
+    """
+    if scalar if scalar is not None else rows <= SCALAR_ROWS:
+        return np.array([program.scalar(reader.row(r)) is True for r in range(rows)], np.bool_)
+    result = program.vector(reader)
     hit = np.logical_and(result.values, result.known)
     return np.broadcast_to(hit, (rows,))
 
@@ -154,17 +202,20 @@ class _Compiler:
 
         if kind == "str":
 
-            def no_direct_use(source: Reader) -> Value:
+            def no_direct_use(source: object) -> Value:
                 raise UnsupportedError("a string column outside `column = 'text'`")
 
-            return Compiled("str", no_direct_use, constant=name)
+            return Compiled("str", no_direct_use, no_direct_use, constant=name)
 
         boolean = kind == "bool"
 
         def read(source: Reader) -> Value:
             return source.number(name, boolean=boolean)
 
-        return Compiled(kind, read)
+        def read_one(row: Row) -> Any:
+            return row.number(name, boolean=boolean)
+
+        return Compiled(kind, read, read_one)
 
     def _literal(self, body: object) -> Compiled:
         if not isinstance(body, dict) or len(body) != 1:
@@ -180,7 +231,7 @@ class _Compiler:
         if type_name == "Boolean" and isinstance(raw, bool):
             return _constant("bool", np.array(raw), raw)
         if type_name == "String" and isinstance(raw, str):
-            return Compiled("str", _never, constant=raw)
+            return Compiled("str", _never, _never, constant=raw)
         if type_name == "Decimal" and isinstance(raw, list) and len(raw) == 3:
             value = Fraction(int(raw[0]), 10 ** int(raw[2]))
             return _constant("decimal", np.array(float(value)), value)
@@ -197,8 +248,11 @@ class _Compiler:
         if op in ("And", "LogicalAnd", "Or", "LogicalOr"):
             if left.kind != "bool" or right.kind != "bool":
                 raise UnsupportedError(f"{op} of {left.kind} and {right.kind}")
-            combine = _and if "And" in op else _or
-            return Compiled("bool", combine(left.run, right.run))
+            if "And" in op:
+                return Compiled(
+                    "bool", _and(left.run, right.run), _and_one(left.scalar, right.scalar)
+                )
+            return Compiled("bool", _or(left.run, right.run), _or_one(left.scalar, right.scalar))
         if op in _COMPARISONS:
             return self._compare(op, left, right)
         if op in _ARITHMETIC:
@@ -213,8 +267,12 @@ class _Compiler:
                 raise UnsupportedError(f"{op} of {left.kind} and {right.kind}")
         else:
             _check_decimal_comparison(left, right)
-        nan_aware = left.may_be_nan or right.may_be_nan
-        return Compiled("bool", _comparison(op, left.run, right.run, nan_aware=nan_aware))
+        nan_aware = (left.may_be_nan or right.may_be_nan) and left.kind != "bool"
+        return Compiled(
+            "bool",
+            _comparison(op, left.run, right.run, nan_aware=nan_aware),
+            _comparison_one(op, left.scalar, right.scalar, nan_aware=nan_aware),
+        )
 
     def _compare_text(self, op: str, left: Compiled, right: Compiled) -> Compiled:
         """Only `column = 'text'` (either way round, or <>) is done here."""
@@ -233,7 +291,11 @@ class _Compiler:
             value = source.equals(name, literal)
             return Value(~value.values, value.known) if negate else value
 
-        return Compiled("bool", equals)
+        def equals_one(row: Row) -> bool | None:
+            hit = row.equals(name, literal)
+            return None if hit is None else hit != negate
+
+        return Compiled("bool", equals, equals_one)
 
     def _arithmetic(self, op: str, left: Compiled, right: Compiled) -> Compiled:
         kinds = {left.kind, right.kind}
@@ -243,7 +305,8 @@ class _Compiler:
             raise UnsupportedError(f"{op} of a decimal literal with {left.kind} and {right.kind}")
         kind: Kind = "int" if kinds == {"int"} and op != "Div" else "float"
         run = _arithmetic(_ARITHMETIC[op], left.run, right.run)
-        return Compiled(kind, run, may_be_nan=True)
+        one = _arithmetic_one(_ARITHMETIC_ONE[op], left.scalar, right.scalar)
+        return Compiled(kind, run, one, may_be_nan=True)
 
     def _function(self, body: dict[str, Any]) -> Compiled:
         function, inputs = body.get("function"), body.get("input")
@@ -259,7 +322,10 @@ class _Compiler:
                     raise UnsupportedError("binary SQL function")
                 return self._apply(str(name["Binary"]), args[0], args[1])
         if function == "Abs" and len(args) == 1 and args[0].kind in ("int", "float"):
-            return Compiled(args[0].kind, _abs(args[0].run), may_be_nan=args[0].may_be_nan)
+            arg = args[0]
+            return Compiled(
+                arg.kind, _abs(arg.run), _abs_one(arg.scalar), may_be_nan=arg.may_be_nan
+            )
         if function == "Coalesce" and args:
             return _coalesce(args)
         raise UnsupportedError(f"function {str(function)[:40]}")
@@ -269,10 +335,17 @@ class _Compiler:
             raise UnsupportedError(f"{name} here")
         (arg,) = args
         if name == "Not" and arg.kind == "bool":
-            return Compiled("bool", _not(arg.run))
+            return Compiled("bool", _not(arg.run), _not_one(arg.scalar))
         if name in ("IsNull", "IsNotNull"):
-            operand = _text_known(str(arg.constant)) if arg.kind == "str" else arg.run
-            return Compiled("bool", _is_null(operand, negate=name == "IsNotNull"))
+            negate = name == "IsNotNull"
+            if arg.kind == "str":
+                column = str(arg.constant)
+                operand, operand_one = _text_known(column), _text_one(column)
+            else:
+                operand, operand_one = arg.run, arg.scalar
+            return Compiled(
+                "bool", _is_null(operand, negate=negate), _is_null_one(operand_one, negate=negate)
+            )
         raise UnsupportedError(f"Boolean function {name}")
 
     def _cast(self, body: dict[str, Any]) -> Compiled:
@@ -295,7 +368,7 @@ _ARITHMETIC: dict[str, Callable[[Floats, Floats], Floats]] = {
 _COMPARISONS = frozenset({"Eq", "NotEq", "Gt", "GtEq", "Lt", "LtEq"})
 
 
-def _never(source: Reader) -> Value:
+def _never(source: object) -> Value:
     raise UnsupportedError("a string literal outside `column = 'text'`")
 
 
@@ -310,7 +383,8 @@ def _text_known(column: str) -> Program:
 
 def _constant(kind: Kind, value: npt.NDArray[Any], literal: object) -> Compiled:
     result = Value(value, _TRUE)
-    return Compiled(kind, lambda source: result, constant=literal)
+    one = bool(value) if kind == "bool" else float(value)
+    return Compiled(kind, lambda source: result, lambda row: one, constant=literal)
 
 
 def _and(left: Program, right: Program) -> Program:
@@ -423,6 +497,14 @@ def _coalesce(args: list[Compiled]) -> Compiled:
     else:
         raise UnsupportedError(f"COALESCE of {sorted(kinds)}")
     programs = [arg.run for arg in args]
+    scalars = [arg.scalar for arg in args]
+
+    def run_one(row: Row) -> Any:
+        for scalar in scalars:
+            value = scalar(row)
+            if value is not None:
+                return value
+        return None
 
     def run(source: Reader) -> Value:
         result = programs[0](source)
@@ -432,7 +514,7 @@ def _coalesce(args: list[Compiled]) -> Compiled:
             result = Value(values, result.known | other.known)
         return result
 
-    return Compiled(kind, run, may_be_nan=any(arg.may_be_nan for arg in args))
+    return Compiled(kind, run, run_one, may_be_nan=any(arg.may_be_nan for arg in args))
 
 
 def _check_decimal_comparison(left: Compiled, right: Compiled) -> None:
@@ -462,3 +544,121 @@ def _kind_of(dtype: pl.DataType) -> Kind:
     if dtype.is_float():
         return "float"
     raise UnsupportedError(f"a column of type {dtype}")
+
+
+# -- the same operations on one row of Python scalars (None = null) --------------------------
+
+
+def _text_one(column: str) -> Scalar:
+    def run(row: Row) -> bool | None:
+        return row.equals(column, "")
+
+    return run
+
+
+def _and_one(left: Scalar, right: Scalar) -> Scalar:
+    def run(row: Row) -> bool | None:
+        a, b = left(row), right(row)
+        if a is False or b is False:
+            return False
+        return None if a is None or b is None else True
+
+    return run
+
+
+def _or_one(left: Scalar, right: Scalar) -> Scalar:
+    def run(row: Row) -> bool | None:
+        a, b = left(row), right(row)
+        if a is True or b is True:
+            return True
+        return None if a is None or b is None else False
+
+    return run
+
+
+def _not_one(operand: Scalar) -> Scalar:
+    def run(row: Row) -> bool | None:
+        a = operand(row)
+        return None if a is None else not a
+
+    return run
+
+
+def _is_null_one(operand: Scalar, *, negate: bool) -> Scalar:
+    def run(row: Row) -> bool:
+        return (operand(row) is None) != negate
+
+    return run
+
+
+def _greater_one(a: float, b: float) -> bool:
+    return a > b or (math.isnan(a) and not math.isnan(b))
+
+
+def _equal_one(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+_PLAIN_ONE: dict[str, Callable[[Any, Any], bool]] = {
+    "Gt": lambda a, b: a > b,
+    "GtEq": lambda a, b: a >= b,
+    "Lt": lambda a, b: a < b,
+    "LtEq": lambda a, b: a <= b,
+    "Eq": lambda a, b: a == b,
+    "NotEq": lambda a, b: a != b,
+}
+_NAN_ORDERED_ONE: dict[str, Callable[[float, float], bool]] = {
+    "Gt": _greater_one,
+    "GtEq": lambda a, b: _greater_one(a, b) or _equal_one(a, b),
+    "Lt": lambda a, b: _greater_one(b, a),
+    "LtEq": lambda a, b: _greater_one(b, a) or _equal_one(a, b),
+    "Eq": _equal_one,
+    "NotEq": lambda a, b: not _equal_one(a, b),
+}
+
+
+def _comparison_one(op: str, left: Scalar, right: Scalar, *, nan_aware: bool) -> Scalar:
+    compare = (_NAN_ORDERED_ONE if nan_aware else _PLAIN_ONE)[op]
+
+    def run(row: Row) -> bool | None:
+        a, b = left(row), right(row)
+        return None if a is None or b is None else compare(a, b)
+
+    return run
+
+
+def _divide_one(a: float, b: float) -> float:
+    """IEEE division as NumPy does it: x/0 is ±inf, 0/0 is NaN (Python would raise)."""
+    if b == 0.0:
+        if a == 0.0 or math.isnan(a):
+            return math.nan
+        return math.copysign(math.inf, a) * math.copysign(1.0, b)
+    return a / b
+
+
+_ARITHMETIC_ONE: dict[str, Callable[[float, float], float]] = {
+    "Plus": lambda a, b: a + b,
+    "Minus": lambda a, b: a - b,
+    "Multiply": lambda a, b: a * b,
+    "Mul": lambda a, b: a * b,
+    "Div": _divide_one,
+    "TrueDivide": _divide_one,
+}
+
+
+def _arithmetic_one(
+    operation: Callable[[float, float], float], left: Scalar, right: Scalar
+) -> Scalar:
+    def run(row: Row) -> float | None:
+        a, b = left(row), right(row)
+        return None if a is None or b is None else operation(a, b)
+
+    return run
+
+
+def _abs_one(operand: Scalar) -> Scalar:
+    def run(row: Row) -> float | None:
+        a = operand(row)
+        return None if a is None else abs(a)
+
+    return run
