@@ -124,3 +124,55 @@ def test_rule_scores_combine_as_noisy_or_and_thresholds_are_validated() -> None:
     assert scores.tolist() == pytest.approx([0.84, 0.6, 0.0])
     with pytest.raises(ConfigError, match="review_at"):
         DecisionConfig(review_at=0.9, decline_at=0.5)
+
+
+_MIXED_RULES = """
+version: "mixed-1"
+rules:
+  - id: risky_country
+    description: IN lists are outside the NumPy subset, so Polars evaluates this rule.
+    expression: country IN ('KP', 'IR') AND amount > 100
+    score: 50
+    action: review
+  - id: online_large
+    description: Evaluated as NumPy columns (or row by row in tiny batches).
+    expression: NOT card_present AND amount > 1000
+    score: 30
+    action: review
+"""
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_rules_in_numpy_and_polars_mix_and_arrays_match_the_frame(rows: int) -> None:
+    ruleset = compile_ruleset(parse_ruleset(_MIXED_RULES), available_columns(FeatureConfig()))
+    assert ruleset.polars_rule_ids == ("risky_country",)
+    engine = Engine(ruleset)
+    events = [
+        _tx(
+            i,
+            i,
+            [50.0, 500.0, 5000.0][i % 3],
+            card_ref=f"tok_{i}",
+            country=["KP", "FR", None][i % 3],
+            channel=["online", "card_present", None][(i // 3) % 3],
+        )
+        for i in range(rows)
+    ]
+    decided = engine.process(to_frame(events), FeatureState())
+    frame = decided.frame
+    fired = frame.get_column("rules_fired").to_list()
+    reasons = frame.get_column("reasons").to_list()
+    for i, event in enumerate(events):
+        risky = event.country in ("KP", "IR") and event.amount > 100
+        online_large = event.channel == "online" and event.amount > 1000
+        expected = [
+            r for r, hit in (("risky_country", risky), ("online_large", online_large)) if hit
+        ]
+        assert fired[i] == expected
+        assert decided.rules_fired.row(i) == expected
+        assert decided.reasons.row(i) == reasons[i]
+    assert decided.action.tolist() == frame.get_column("action").to_list()
+    assert decided.is_flagged.tolist() == frame.get_column("is_flagged").to_list()
+    assert np.allclose(decided.score, frame.get_column("score").to_numpy(), atol=1e-6)
+    assert decided.hits.columns == ["risky_country", "online_large"]
+    assert len(decided) == rows
