@@ -199,7 +199,11 @@ class _BatchInputs:
         """A column's values at `rows`, as reasons show them."""
         dtype = _COLUMN_TYPES.get(column) or self.features.dtypes.get(column) or pl.Float64()
         if column in self.features.index or column == CARD_PRESENT or dtype.is_float():
-            return [_shown(v, dtype) for v in self.number(column)[rows].tolist()]
+            show = (
+                _show_flag if dtype == pl.Boolean else _show_count if dtype.is_integer() else repr
+            )
+            values = self.number(column)[rows].tolist()
+            return ["null" if math.isnan(v) else show(v) for v in values]
         picked = self.batch.get_column(column).gather(rows.astype(np.uint32)).to_list()
         return ["null" if v is None else str(v) for v in picked]
 
@@ -289,14 +293,18 @@ class Engine:
         reasons: list[str] = []
         if rows.size:
             seen = self._values_seen(inputs, hit_matrix, rows)
-            for k, row in enumerate(rows.tolist()):
+            flagged = zip(
+                rows.tolist(), hit_matrix[rows].tolist(), late[rows].tolist(), strict=True
+            )
+            for k, (row, row_hits, is_late) in enumerate(flagged):
                 fired_before, reasons_before = len(fired), len(reasons)
-                for j in np.flatnonzero(hit_matrix[row]).tolist():
-                    rule_id, columns = self._explainers[j]
-                    fired.append(rule_id)
-                    reasons.append(_explain(rule_id, columns, seen, k))
+                for j, hit in enumerate(row_hits):
+                    if hit:
+                        rule_id, columns = self._explainers[j]
+                        fired.append(rule_id)
+                        reasons.append(_explain(rule_id, columns, seen, k))
                 fired_counts[row] = len(fired) - fired_before
-                if late[row]:
+                if is_late:
                     reasons.append(LATE_REASON)
                 reason_counts[row] = len(reasons) - reasons_before
         if drivers is not None:
@@ -325,15 +333,12 @@ def _explain(rule_id: str, columns: tuple[str, ...], seen: dict[str, list[str]],
     return f"{rule_id}: {values}"
 
 
-def _shown(value: float, dtype: pl.DataType) -> str:
-    """A number from the engine's float arrays, shown as its column's type."""
-    if math.isnan(value):
-        return "null"
-    if dtype == pl.Boolean:
-        return "true" if value else "false"
-    if dtype.is_integer():
-        return str(int(value))
-    return repr(value)
+def _show_flag(value: float) -> str:
+    return "true" if value else "false"
+
+
+def _show_count(value: float) -> str:
+    return str(int(value))
 
 
 def _with_model_reasons(
