@@ -91,10 +91,10 @@ class FeatureColumns:
         row: npt.NDArray[np.float64] = self.values[self.index[name]]
         return row
 
-    def to_frame(self, names: tuple[str, ...] | None = None) -> pl.DataFrame:
+    def to_frame(self) -> pl.DataFrame:
         """Typed, nullable columns (NaN becomes null) plus `is_late`, built through Arrow."""
-        arrays, fields = [], []
-        for name in self.names if names is None else names:
+        arrays = []
+        for name in self.names:
             column = pa.array(self.column(name), from_pandas=True)  # NaN -> null
             dtype = self.dtypes.get(name)
             if dtype == pl.Int64:
@@ -102,10 +102,8 @@ class FeatureColumns:
             elif dtype == pl.Boolean:
                 column = column.cast(pa.bool_())
             arrays.append(column)
-            fields.append(name)
-        if names is None:
-            arrays.append(pa.array(self.late))
-            fields.append("is_late")
+        arrays.append(pa.array(self.late))
+        fields = [*self.names, "is_late"]
         frame = pl.from_arrow(pa.Table.from_arrays(arrays, names=fields))
         assert isinstance(frame, pl.DataFrame)
         return frame
