@@ -33,11 +33,14 @@ from fraudstream.core.features.kernels import (
     haversine_km,
 )
 from fraudstream.core.features.moments import mean_and_variance, with_amount
-from fraudstream.core.features.pool import NO_CHUNK, Pool, append_record
+from fraudstream.core.features.pool import NO_CHUNK, Pool, append_event, claim_record
 
 MIN_STD = 1e-4
 """A deviation below a hundredth of a cent is no real spread (amounts equal up to rounding):
 it counts as 0, so the z-score is null rather than astronomically large."""
+BUCKET_RECORD_FIELDS = 3
+"""A bucket record: start time (field 0), event count (1, int) and amount sum (2, float)."""
+B_COUNT, B_SUM = 1, 2
 ACCOUNT_SCALARS = 6
 """mean, std, zscore, seconds since previous, distance and speed from the previous location."""
 
@@ -112,8 +115,8 @@ def _window_totals(
                 continue
             for w in range(n_exact, n_windows):
                 if start > current - windows[w]:
-                    counts[w] += buckets.i[chunk, j, 2]
-                    sums[w] += buckets.f[chunk, j, 3]
+                    counts[w] += buckets.i[chunk, j, B_COUNT]
+                    sums[w] += buckets.f[chunk, j, B_SUM]
         chunk = buckets.m[chunk, 1]
     if not replay:  # a replayed event is already inside its bucket
         for w in range(n_exact, n_windows):
@@ -241,7 +244,7 @@ def apply_account(
 ) -> None:
     """Add an accepted event to a paying entity's history."""
     drop_expired(events, ei, ef, s, EV_HEAD, event_horizon, True)
-    append_record(events, ei[s, EV_HEAD : EV_TAIL + 1], t, txh, seq, amount, lat, lon)
+    append_event(events, ei[s, EV_HEAD : EV_TAIL + 1], t, txh, seq, amount, lat, lon)
     if has_buckets:
         drop_expired(buckets, ei, ef, s, BK_HEAD, bucket_horizon, False)
         _add_to_bucket(buckets, ei, s, (t // bucket) * bucket, amount)
@@ -266,14 +269,16 @@ def _add_to_bucket(
         if _add_in_chunk(buckets, chunk, start, amount):
             return
         chunk = buckets.m[chunk, 1]
-    append_record(buckets, ei[s, BK_HEAD : BK_TAIL + 1], start, 0, 1, amount, np.nan, np.nan)
+    chunk, j = claim_record(buckets, ei[s, BK_HEAD : BK_TAIL + 1], start)
+    buckets.i[chunk, j, B_COUNT] = 1
+    buckets.f[chunk, j, B_SUM] = amount
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _add_in_chunk(buckets: Pool, chunk: int, start: int, amount: float) -> bool:
     for j in range(buckets.m[chunk, 0] - 1, -1, -1):
         if buckets.i[chunk, j, 0] == start:
-            buckets.i[chunk, j, 2] += 1
-            buckets.f[chunk, j, 3] += amount
+            buckets.i[chunk, j, B_COUNT] += 1
+            buckets.f[chunk, j, B_SUM] += amount
             return True
     return False

@@ -12,9 +12,11 @@ import numpy as np
 import numpy.typing as npt
 
 from fraudstream.core.features.kernels import NEVER, NV_HEAD, NV_TAIL
-from fraudstream.core.features.pool import NO_CHUNK, Pool, append_record, release_chunk
+from fraudstream.core.features.pool import NO_CHUNK, Pool, claim_record, release_chunk
 
 N_NOVELTY = 3
+NOVELTY_RECORD_FIELDS = 4
+"""A record: latest time seen (0), value hash (1), latest txid (2), time seen before (3)."""
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -69,8 +71,10 @@ def novelty_step(
             continue
         out[base + f] = 0.0 if latest[f] > t - ttl else 1.0
         if record and not found[f]:
-            append_record(novelty, ei[s, NV_HEAD : NV_TAIL + 1], t, values[f], txh, NEVER,
-                          np.nan, np.nan)  # fmt: skip
+            at, slot = claim_record(novelty, ei[s, NV_HEAD : NV_TAIL + 1], t)
+            novelty.i[at, slot, 1] = values[f]
+            novelty.i[at, slot, 2] = txh
+            novelty.f[at, slot, 3] = NEVER
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

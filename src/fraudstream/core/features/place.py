@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraudstream.core.features.kernels import EV_HEAD, EV_TAIL, LAST_TS, drop_expired
-from fraudstream.core.features.pool import NO_CHUNK, Pool, append_record, chain_length
+from fraudstream.core.features.pool import NO_CHUNK, Pool, append_event, chain_length
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -109,5 +109,5 @@ def apply_place(
     horizon: int,
 ) -> None:
     drop_expired(events, ei, ef, s, EV_HEAD, horizon, False)
-    append_record(events, ei[s, EV_HEAD : EV_TAIL + 1], t, txh, payer, 0.0, np.nan, np.nan)
+    append_event(events, ei[s, EV_HEAD : EV_TAIL + 1], t, txh, payer, 0.0, np.nan, np.nan)
     ei[s, LAST_TS] = max(ei[s, LAST_TS], t)

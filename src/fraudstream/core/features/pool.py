@@ -1,15 +1,14 @@
 """Chunked record pools: per-entity histories of variable length in flat arrays numba can walk.
 
 Each entity owns a singly linked chain of fixed-size chunks taken from a shared pool. A record
-has six 8-byte fields, stored together so one chunk is one contiguous block of memory (random
-access by entity is the norm, and a field-per-array layout costs a cache miss per field):
+is a few 8-byte fields stored together, so one chunk is one contiguous block of memory (random
+access by entity is the norm, and a field-per-array layout costs a cache miss per field). Each
+kind of pool has only the fields it needs, since the walk is bound by how many cache lines an
+event touches; field 0 is always a time:
 
-    i[c, j, 0]  a  int64    event time | bucket start | latest time the value was seen
-    i[c, j, 1]  h  int64    transaction-id hash | value hash
-    i[c, j, 2]  o  int64    processing sequence | paying-card hash | bucket count | latest txid
-    f[c, j, 3]  x  float64  amount | bucket sum | second-latest time the value was seen
-    f[c, j, 4]  y  float64  latitude (NaN when absent)
-    f[c, j, 5]  z  float64  longitude
+    events    time, transaction-id hash, sequence | paying card, amount, latitude, longitude
+    buckets   bucket start, count, sum                                      (see account.py)
+    novelty   latest time seen, value hash, latest transaction id, time seen before that
 
 `i` and `f` are two views (int64 and float64) of the same buffer. `m[c]` holds the chunk's
 length, next chunk id and newest time. Chains are in processing order. Whole chunks are freed
@@ -28,7 +27,7 @@ import numpy.typing as npt
 
 NO_CHUNK = -1
 NO_TIME = np.iinfo(np.int64).min
-FIELDS = 6
+EVENT_FIELDS = 6
 
 
 class Pool(NamedTuple):
@@ -40,8 +39,8 @@ class Pool(NamedTuple):
     """top[0] = number of chunk ids on the free stack."""
 
 
-def new_pool(n_chunks: int, chunk_size: int) -> Pool:
-    records = np.zeros((n_chunks, chunk_size, FIELDS), np.int64)
+def new_pool(n_chunks: int, chunk_size: int, fields: int) -> Pool:
+    records = np.zeros((n_chunks, chunk_size, fields), np.int64)
     meta = np.zeros((n_chunks, 3), np.int64)
     meta[:, 1] = NO_CHUNK
     meta[:, 2] = NO_TIME
@@ -61,7 +60,7 @@ def grown(pool: Pool, min_free: int) -> Pool:
         return pool
     old = pool.i.shape[0]
     new = max(2 * old, old + min_free - free)
-    bigger = new_pool(new, pool.i.shape[1])
+    bigger = new_pool(new, pool.i.shape[1], pool.i.shape[2])
     bigger.i[:old] = pool.i
     bigger.m[:old] = pool.m
     added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
@@ -77,7 +76,7 @@ def chunks_in_use(pool: Pool) -> int:
 
 def chunk_bytes(pool: Pool) -> int:
     """Bytes one chunk occupies: its records, its meta row and its free-stack entry."""
-    return int(pool.i.shape[1]) * FIELDS * 8 + 3 * 8 + 8
+    return int(pool.i.shape[1]) * int(pool.i.shape[2]) * 8 + 3 * 8 + 8
 
 
 def retained_records(pool: Pool) -> int:
@@ -104,17 +103,9 @@ def release_chunk(pool: Pool, chunk: int) -> None:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def append_record(
-    pool: Pool,
-    head_tail: npt.NDArray[np.int64],
-    a: int,
-    h: int,
-    o: int,
-    x: float,
-    y: float,
-    z: float,
-) -> None:
-    """Append to the chain whose head and tail chunk ids are head_tail[0] and head_tail[1]."""
+def claim_record(pool: Pool, head_tail: npt.NDArray[np.int64], a: int) -> tuple[int, int]:
+    """(chunk, slot) of a new record with time `a` at the end of the chain whose head and
+    tail chunk ids are head_tail[0] and head_tail[1]; the caller fills its other fields."""
     tail = head_tail[1]
     if tail == NO_CHUNK or pool.m[tail, 0] == pool.i.shape[1]:
         chunk = take_chunk(pool)
@@ -126,13 +117,30 @@ def append_record(
         tail = chunk
     slot = pool.m[tail, 0]
     pool.i[tail, slot, 0] = a
-    pool.i[tail, slot, 1] = h
-    pool.i[tail, slot, 2] = o
-    pool.f[tail, slot, 3] = x
-    pool.f[tail, slot, 4] = y
-    pool.f[tail, slot, 5] = z
     pool.m[tail, 0] = slot + 1
     pool.m[tail, 2] = max(pool.m[tail, 2], a)
+    return int(tail), int(slot)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def append_event(
+    pool: Pool,
+    head_tail: npt.NDArray[np.int64],
+    ts: int,
+    txh: int,
+    o: int,
+    amount: float,
+    lat: float,
+    lon: float,
+) -> None:
+    """Append an event record (`o` is the processing sequence, or the paying card's hash in a
+    merchant's or terminal's history)."""
+    chunk, slot = claim_record(pool, head_tail, ts)
+    pool.i[chunk, slot, 1] = txh
+    pool.i[chunk, slot, 2] = o
+    pool.f[chunk, slot, 3] = amount
+    pool.f[chunk, slot, 4] = lat
+    pool.f[chunk, slot, 5] = lon
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

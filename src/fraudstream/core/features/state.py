@@ -16,6 +16,7 @@ import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
+from fraudstream.core.features.account import BUCKET_RECORD_FIELDS
 from fraudstream.core.features.config import ENTITY_KINDS, NOVELTY_FIELDS, FeatureConfig
 from fraudstream.core.features.kernels import (
     LAST_TS,
@@ -32,7 +33,9 @@ from fraudstream.core.features.kernels import (
     P_TTL,
 )
 from fraudstream.core.features.keys import live_keys, new_key_table, reserved
+from fraudstream.core.features.novelty import NOVELTY_RECORD_FIELDS
 from fraudstream.core.features.pool import (
+    EVENT_FIELDS,
     Pool,
     chunk_bytes,
     chunks_in_use,
@@ -50,6 +53,9 @@ KEY_COLUMNS = {
     "terminal": "terminal_id",
 }
 NOVELTY_COLUMNS = {"merchant": "merchant_id", "country": "country", "device": "device_id"}
+BUCKET_CHUNK = 8
+"""Bucket records per chunk: a typical card's month of hourly buckets in two or three chunks."""
+NOVELTY_CHUNK = 8
 _HASH_SEEDS = (0x5EED_F00D, 0x0DDB_A11, 0xC0FFEE, 0xB16B00B5)
 _HASHED_COLUMNS = (
     "transaction_id", "card_ref", "customer_id", "merchant_id", "terminal_id", "country",
@@ -168,9 +174,9 @@ class FeatureState:
         c = self.config
         self._entities = {kind: _Entities(initial_entities) for kind in ENTITY_KINDS}
         chunks = max(64, initial_entities)
-        self._events = [new_pool(chunks, c.chunk_size) for _ in ENTITY_KINDS]
-        self._buckets = [new_pool(chunks, 4), new_pool(chunks, 4)]
-        self._novelty = new_pool(chunks, 4)
+        self._events = [new_pool(chunks, c.chunk_size, EVENT_FIELDS) for _ in ENTITY_KINDS]
+        self._buckets = [new_pool(chunks, BUCKET_CHUNK, BUCKET_RECORD_FIELDS) for _ in range(2)]
+        self._novelty = new_pool(chunks, NOVELTY_CHUNK, NOVELTY_RECORD_FIELDS)
         self._params = np.array(
             [
                 c.allowed_lateness_us,
