@@ -13,9 +13,10 @@ event touches; field 0 is always a time:
 `i` and `f` are two views (int64 and float64) of the same buffer. `m[c]` holds the chunk's
 length, next chunk id and newest time; it is a view of one extra record at the start of the
 chunk's block, so visiting a chunk does not cost a separate cache miss for its meta.
-Chains are in processing order. Whole chunks are freed
-once every record in them is older than the retention horizon, so memory follows activity,
-not the number of entities ever seen. The pool never grows inside a kernel: the Python side
+
+Chains are in processing order. Whole chunks are freed once every record in them is older than
+the retention horizon, so memory follows activity, not the number of entities ever seen.
+The pool never grows inside a kernel: the Python side
 guarantees enough free chunks before a batch.
 """
 
