@@ -16,8 +16,7 @@ chunk's block, so visiting a chunk does not cost a separate cache miss for its m
 
 Chains are in processing order. Whole chunks are freed once every record in them is older than
 the retention horizon, so memory follows activity, not the number of entities ever seen.
-The pool never grows inside a kernel: the Python side
-guarantees enough free chunks before a batch.
+The pool never grows inside a kernel: the Python side guarantees enough free chunks first.
 """
 
 from __future__ import annotations
