@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".fraudstream-install-stamp"
-EXTRAS = "dev"
+EXTRAS = "dev,pipeline"
 
 
 def _install_fingerprint() -> str:

@@ -1,0 +1,152 @@
+"""The one settings object, and the one place that reads the environment.
+
+Sources, strongest first: arguments given in code, `FRAUDSTREAM_*` environment variables (nested
+fields with a double underscore: `FRAUDSTREAM_KAFKA__BOOTSTRAP_SERVERS`), then a TOML file
+(`FRAUDSTREAM_CONFIG`, else `fraudstream.toml` in the working directory when present), then the
+defaults. Every default targets the embedded stack: a server whose address is left unset is
+started locally by `fraudstream.stack`; one that is set is used as it is and nothing embedded
+starts for it. Secrets are `SecretStr`, so they never show in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fraudstream.core.errors import FraudstreamError
+
+CONFIG_FILE_ENV = "FRAUDSTREAM_CONFIG"
+DEFAULT_CONFIG_FILE = Path("fraudstream.toml")
+
+
+class SettingsError(FraudstreamError):
+    """A setting is missing, malformed or inconsistent; the message names it."""
+
+
+class KafkaSettings(BaseModel):
+    """A Kafka cluster, or (bootstrap_servers unset) the embedded broker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap_servers: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    transactions_topic: str = "transactions"
+    decisions_topic: str = "decisions"
+    dead_letters_topic: str = "dead_letters"
+    partitions: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                name
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs {missing}")
+        return self
+
+    def client_config(self, bootstrap_servers: str) -> dict[str, str]:
+        """librdkafka settings for connecting (the password included: never log this)."""
+        config = {
+            "bootstrap.servers": bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism is not None:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location is not None:
+            config["ssl.ca.location"] = str(self.ssl_ca_location)
+        return config
+
+
+class PostgresSettings(BaseModel):
+    """A PostgreSQL server (`url`: postgresql://user:password@host:port/db), or the embedded one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: SecretStr | None = None
+
+
+class RedisSettings(BaseModel):
+    """A Redis server (`url`: redis://[:password@]host:port/db), or the embedded one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: SecretStr | None = None
+
+
+class StackSettings(BaseModel):
+    """Where the embedded servers keep their data, and how long they may take to start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Path("var/stack")
+    start_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUDSTREAM_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    redis: RedisSettings = RedisSettings()
+    stack: StackSettings = StackSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file = _config_file()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=file))
+        return tuple(sources)
+
+
+def _config_file() -> Path | None:
+    named = os.environ.get(CONFIG_FILE_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise SettingsError(f"{CONFIG_FILE_ENV}={named}: no such file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from code, environment and file; a bad value raises `SettingsError` naming it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or 'settings'}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+    except (ValueError, OSError) as error:  # a config file that is not valid TOML
+        raise SettingsError(f"invalid settings file {_config_file()}: {error}") from None

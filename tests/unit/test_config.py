@@ -1,0 +1,121 @@
+"""Settings: environment beats the config file, bad values are named, secrets stay hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fraudstream.config import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No FRAUDSTREAM_* variable or fraudstream.toml of the caller's leaks into these tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FRAUDSTREAM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_target_the_embedded_stack() -> None:
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers is None
+    assert settings.postgres.url is None
+    assert settings.redis.url is None
+    assert settings.kafka.transactions_topic == "transactions"
+    assert settings.stack.data_dir == Path("var/stack")
+
+
+def test_environment_beats_the_file_and_the_file_beats_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    file = tmp_path / "site.toml"
+    file.write_text(
+        '[kafka]\nbootstrap_servers = "file:9092"\npartitions = 12\n'
+        '[postgres]\nurl = "postgresql://app:pw@db.example:5432/fraud"\n'
+    )
+    monkeypatch.setenv("FRAUDSTREAM_CONFIG", str(file))
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers == "env:9092"
+    assert settings.kafka.partitions == 12
+    assert settings.postgres.url is not None
+    assert settings.postgres.url.get_secret_value().endswith("db.example:5432/fraud")
+
+
+def test_fraudstream_toml_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    (tmp_path / "fraudstream.toml").write_text('[redis]\nurl = "redis://cache:6379/2"\n')
+    settings = load_settings()
+    assert settings.redis.url is not None
+    assert settings.redis.url.get_secret_value() == "redis://cache:6379/2"
+
+
+def test_sasl_ssl_gives_the_client_config_confluent_cloud_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__BOOTSTRAP_SERVERS", "pkc-1.cloud:9092")
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__SASL_USERNAME", "KEY")
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__SASL_PASSWORD", "s3cr3t")
+    settings = load_settings()
+    config = settings.kafka.client_config("pkc-1.cloud:9092")
+    assert config == {
+        "bootstrap.servers": "pkc-1.cloud:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "KEY",
+        "sasl.password": "s3cr3t",
+    }
+    assert "s3cr3t" not in repr(settings)
+    assert "s3cr3t" not in str(settings.model_dump())
+
+
+def test_sasl_without_credentials_is_rejected_naming_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(SettingsError, match=r"kafka.*sasl_mechanism.*sasl_username"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("FRAUDSTREAM_KAFKA__PARTITIONS", "0", "kafka.partitions"),
+        ("FRAUDSTREAM_KAFKA__SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
+        ("FRAUDSTREAM_STACK__START_TIMEOUT_S", "soon", "stack.start_timeout_s"),
+    ],
+)
+def test_a_bad_value_is_rejected_with_the_setting_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=named.replace(".", r"\.")):
+        load_settings()
+
+
+def test_an_unknown_key_in_the_file_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    file = tmp_path / "typo.toml"
+    file.write_text('[kafka]\nbootstrap_server = "x:9092"\n')
+    monkeypatch.setenv("FRAUDSTREAM_CONFIG", str(file))
+    with pytest.raises(SettingsError, match=r"kafka\.bootstrap_server"):
+        load_settings()
+
+
+def test_a_missing_or_malformed_config_file_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FRAUDSTREAM_CONFIG", str(tmp_path / "absent.toml"))
+    with pytest.raises(SettingsError, match=r"absent\.toml"):
+        load_settings()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[kafka\n")
+    monkeypatch.setenv("FRAUDSTREAM_CONFIG", str(broken))
+    with pytest.raises(SettingsError, match=r"broken\.toml"):
+        load_settings()
