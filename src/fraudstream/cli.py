@@ -1,9 +1,12 @@
-"""`fraudstream` command line: demo, generate, rules check."""
+"""`fraudstream` command line: demo, generate, stack, produce, rules check."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 import typer
@@ -11,6 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from fraudstream.config import Settings, load_settings
 from fraudstream.core.engine import Decisions, Engine, available_columns
 from fraudstream.core.errors import FraudstreamError
 from fraudstream.core.features import FeatureConfig, FeatureState
@@ -18,6 +22,9 @@ from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, p
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.generator.output import write_jsonl, write_labels, write_parquet
 from fraudstream.runners.replay import ReplayProgress, replay, scenario_report
+
+if TYPE_CHECKING:
+    from fraudstream.stack import Endpoints
 
 app = typer.Typer(help="Real-time payment fraud scoring.", no_args_is_help=True)
 rules_app = typer.Typer(help="Check and inspect rulesets.", no_args_is_help=True)
@@ -110,6 +117,95 @@ def generate_command(
         write_jsonl(stream, out)
         write_labels(stream, out.with_suffix(".labels.parquet"))
     console.print(f"wrote {stream.transactions.height:,} transactions to {out}")
+
+
+@app.command("stack")
+def stack_command(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+) -> None:
+    """Start the embedded servers the settings leave unset, show where they are, keep them up."""
+    from fraudstream.stack import Stack  # noqa: PLC0415 - the pipeline extras, only when used
+
+    settings = _settings()
+    stack = Stack(settings)
+    stopping = _stop_on_signals()
+    with console.status("starting the embedded servers…"):
+        endpoints = stack.start()
+    try:
+        table = Table(title=f"fraudstream stack ({settings.stack.data_dir})")
+        for column in ("server", "address", "where"):
+            table.add_column(column)
+        table.add_row("kafka", endpoints.kafka["bootstrap.servers"], _where("kafka", endpoints))
+        for name, url in (("postgres", endpoints.postgres_url), ("redis", endpoints.redis_url)):
+            table.add_row(name, _hide_password(url), _where(name, endpoints))
+        console.print(table)
+        console.print(f"other commands of this project find it through {stack.endpoints_file}")
+        stopping.wait(duration)
+    finally:
+        with console.status("stopping…"):
+            stack.stop()
+        console.print("stopped: nothing embedded is left running")
+
+
+@app.command()
+def produce(
+    transactions: Annotated[int, typer.Option(help="How many transactions to simulate.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
+    rate: Annotated[float, typer.Option(help="Target tx/s; 0 = as fast as possible.")] = 2_000,
+) -> None:
+    """Publish a simulated stream to the transactions topic, keyed by card, delivery checked."""
+    from fraudstream.adapters.kafka import TransactionProducer, ensure_topics  # noqa: PLC0415
+    from fraudstream.stack import running_stack_settings  # noqa: PLC0415
+
+    settings = running_stack_settings(_settings())
+    kafka = settings.kafka
+    if kafka.bootstrap_servers is None:
+        console.print(
+            "[red]no Kafka:[/red] run `fraudstream stack` in this project, "
+            "or set FRAUDSTREAM_KAFKA__BOOTSTRAP_SERVERS"
+        )
+        raise typer.Exit(2)
+    client = kafka.client_config(kafka.bootstrap_servers)
+    ensure_topics(client, [kafka.transactions_topic], kafka.partitions)
+    stream = generate(GeneratorConfig(seed=seed, n_transactions=transactions))
+    with console.status(f"publishing {stream.transactions.height:,} transactions…"):
+        report = TransactionProducer(client, kafka.transactions_topic).publish(
+            stream.transactions, rate=rate or None
+        )
+    console.print(
+        f"delivered {report.sent:,} transactions to {kafka.transactions_topic} "
+        f"in {report.elapsed_s:.1f} s ({report.rate:,.0f} tx/s)"
+    )
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except FraudstreamError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so a stop is a clean shutdown, not a traceback."""
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    return stopping
+
+
+def _where(name: str, endpoints: Endpoints) -> str:
+    return "embedded" if name in endpoints.embedded else "external"
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @rules_app.command("check")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -35,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from pydantic import SecretStr
+
 from fraudstream.config import Settings, SettingsError, load_settings
 from fraudstream.core.errors import FraudstreamError
 
@@ -42,6 +45,7 @@ LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 POSTGRES_DATABASE = "fraudstream"
+ENDPOINTS_FILE = "endpoints.json"
 
 
 class StackError(FraudstreamError):
@@ -392,6 +396,11 @@ class Stack:
         self.redis = EmbeddedRedis(data_dir) if self.settings.redis.url is None else None
         self._started: list[EmbeddedKafka | EmbeddedPostgres | EmbeddedRedis] = []
 
+    @property
+    def endpoints_file(self) -> Path:
+        """Where a running stack tells other processes of the project its addresses."""
+        return self.settings.stack.data_dir / ENDPOINTS_FILE
+
     def start(self) -> Endpoints:
         timeout = self.settings.stack.start_timeout_s
         try:
@@ -405,7 +414,20 @@ class Stack:
         except BaseException:
             self.stop()
             raise
-        return self.endpoints()
+        endpoints = self.endpoints()
+        if self._started:
+            self._write_endpoints_file()
+        return endpoints
+
+    def _write_endpoints_file(self) -> None:
+        """Addresses of the embedded servers only: they carry no secrets."""
+        embedded = {
+            "pid": os.getpid(),
+            "kafka_bootstrap_servers": self.kafka.bootstrap_servers if self.kafka else None,
+            "postgres_url": self.postgres.url if self.postgres else None,
+            "redis_url": self.redis.url if self.redis else None,
+        }
+        self.endpoints_file.write_text(json.dumps(embedded, indent=2) + "\n")
 
     def endpoints(self) -> Endpoints:
         s = self.settings
@@ -425,6 +447,8 @@ class Stack:
         return tuple(server.name for server in servers if server is not None and server.running())
 
     def stop(self) -> None:
+        if self._started:
+            self.endpoints_file.unlink(missing_ok=True)
         while self._started:
             self._started.pop().stop()
 
@@ -438,6 +462,40 @@ class Stack:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def running_stack_settings(settings: Settings) -> Settings:
+    """`settings` with the addresses of the embedded stack another process of this project
+    runs (`fraudstream stack`) filled in where settings give none; unchanged when none runs."""
+    path = settings.stack.data_dir / ENDPOINTS_FILE
+    try:
+        running = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return settings
+    if not _process_alive(int(running.get("pid", -1))):
+        return settings
+    update: dict[str, Any] = {}
+    if settings.kafka.bootstrap_servers is None and running.get("kafka_bootstrap_servers"):
+        update["kafka"] = settings.kafka.model_copy(
+            update={"bootstrap_servers": running["kafka_bootstrap_servers"]}
+        )
+    for name in ("postgres", "redis"):
+        current = getattr(settings, name)
+        if current.url is None and running.get(f"{name}_url"):
+            update[name] = current.model_copy(update={"url": SecretStr(running[f"{name}_url"])})
+    return settings.model_copy(update=update)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _secret(value: Any) -> str:

@@ -21,18 +21,22 @@ _CHUNK = 50_000
 def write_jsonl(stream: GeneratedStream, path: str | Path) -> Path:
     """One JSON object per transaction, in stream order."""
     target = _prepare(path)
-    encoder = msgspec.json.Encoder()
-    frame = stream.transactions.with_columns(pl.col("timestamp").dt.strftime(_RFC3339))
     with target.open("wb") as out:
-        for offset in range(0, frame.height, _CHUNK):
-            chunk = frame.slice(offset, _CHUNK)
-            lines = [
-                encoder.encode({k: v for k, v in row.items() if v is not None})
-                for row in chunk.iter_rows(named=True)
-            ]
+        for offset in range(0, stream.transactions.height, _CHUNK):
+            lines = encode_json_lines(stream.transactions.slice(offset, _CHUNK))
             if lines:
                 out.write(b"\n".join(lines) + b"\n")
     return target
+
+
+def encode_json_lines(transactions: pl.DataFrame) -> list[bytes]:
+    """Each row as the JSON a producer sends: transaction fields only, nulls left out."""
+    encoder = msgspec.json.Encoder()
+    frame = transactions.with_columns(pl.col("timestamp").dt.strftime(_RFC3339))
+    return [
+        encoder.encode({k: v for k, v in row.items() if v is not None})
+        for row in frame.iter_rows(named=True)
+    ]
 
 
 def write_parquet(stream: GeneratedStream, path: str | Path) -> Path:

@@ -1,0 +1,82 @@
+"""`fraudstream stack` keeps the servers up for other commands; `produce` finds and feeds them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Consumer
+
+CLI = str(Path(sys.executable).parent / "fraudstream")
+
+
+def _environment(data_dir: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+    return {**clean, "FRAUDSTREAM_STACK__DATA_DIR": str(data_dir), "COLUMNS": "200"}
+
+
+def _wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+    return json.loads(path.read_text())
+
+
+def _count_messages(bootstrap: str, topic: str, expected: int) -> int:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "cli-check",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    count, deadline = 0, time.monotonic() + 60
+    while count < expected and time.monotonic() < deadline:
+        count += sum(m.error() is None for m in consumer.consume(500, timeout=0.5))
+    consumer.close()
+    return count
+
+
+def test_stack_command_serves_produce_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = _environment(tmp_path)
+    stack = subprocess.Popen(
+        [CLI, "stack"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    running = _wait_for(tmp_path / "endpoints.json", stack)
+    servers = list(psutil.Process(stack.pid).children(recursive=False))
+    assert len(servers) == 3
+
+    produced = subprocess.run(
+        [CLI, "produce", "--transactions", "400", "--rate", "0"],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert produced.returncode == 0, produced.stdout + produced.stderr
+    sent = int(produced.stdout.split("delivered ")[1].split(" ")[0].replace(",", ""))
+    assert sent >= 400
+    assert _count_messages(running["kafka_bootstrap_servers"], "transactions", sent) == sent
+
+    stack.send_signal(signal.SIGTERM)
+    output, _ = stack.communicate(timeout=60)
+    assert stack.returncode == 0, output
+    assert "stopped" in output
+    assert not (tmp_path / "endpoints.json").exists()
+    assert not any(server.is_running() and server.status() != "zombie" for server in servers)
+
+
+def test_produce_without_any_kafka_says_how_to_get_one(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [CLI, "produce", "--transactions", "10"],
+        env=_environment(tmp_path), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "fraudstream stack" in result.stdout
