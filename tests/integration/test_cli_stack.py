@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import psutil
-from confluent_kafka import Consumer
+from kafka_helpers import read_messages
+
+from fraudstream.core.events import decode_transaction
 
 CLI = str(Path(sys.executable).parent / "fraudstream")
 
@@ -30,23 +32,6 @@ def _wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) 
     return json.loads(path.read_text())
 
 
-def _count_messages(bootstrap: str, topic: str, expected: int) -> int:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "cli-check",
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.subscribe([topic])
-    count, deadline = 0, time.monotonic() + 60
-    while count < expected and time.monotonic() < deadline:
-        count += sum(m.error() is None for m in consumer.consume(500, timeout=0.5))
-    consumer.close()
-    return count
-
-
 def test_stack_command_serves_produce_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     env = _environment(tmp_path)
     stack = subprocess.Popen(
@@ -63,7 +48,9 @@ def test_stack_command_serves_produce_and_stops_cleanly_on_sigterm(tmp_path: Pat
     assert produced.returncode == 0, produced.stdout + produced.stderr
     sent = int(produced.stdout.split("delivered ")[1].split(" ")[0].replace(",", ""))
     assert sent >= 400
-    assert _count_messages(running["kafka_bootstrap_servers"], "transactions", sent) == sent
+    kafka = {"bootstrap.servers": running["kafka_bootstrap_servers"]}
+    messages = read_messages(kafka, "transactions", sent)
+    assert len({decode_transaction(m.value()).transaction_id for m in messages}) == sent
 
     stack.send_signal(signal.SIGTERM)
     output, _ = stack.communicate(timeout=60)

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer
+from kafka_helpers import read_messages
 
 from fraudstream.adapters.kafka import DeliveryError, TransactionProducer, ensure_topics
 from fraudstream.core.events import decode_transaction
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.stack import Endpoints, free_port
-
-
-def _consume(kafka: dict[str, str], topic: str, count: int) -> list[tuple[bytes, bytes, int]]:
-    consumer = Consumer(
-        {
-            **kafka,
-            "group.id": f"check-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.subscribe([topic])
-    seen: list[tuple[bytes, bytes, int]] = []
-    deadline = time.monotonic() + 90
-    while len(seen) < count and time.monotonic() < deadline:
-        for message in consumer.consume(500, timeout=0.5):
-            if message.error() is None:
-                seen.append((message.key(), message.value(), message.partition()))
-    consumer.close()
-    return seen
 
 
 def test_generated_stream_is_published_once_keyed_by_card_at_the_target_rate(
@@ -50,7 +28,9 @@ def test_generated_stream_is_published_once_keyed_by_card_at_the_target_rate(
     assert not report.failed
     assert report.elapsed_s >= 1.35  # 1 500 messages at 1 000/s cannot take less than ~1.5 s
     assert report.rate <= 1100
-    messages = _consume(endpoints.kafka, topic, 1500)
+    messages = [
+        (m.key(), m.value(), m.partition()) for m in read_messages(endpoints.kafka, topic, 1500)
+    ]
     assert len(messages) == 1500
     decoded = [decode_transaction(value) for _, value, _ in messages]
     assert sorted(tx.transaction_id for tx in decoded) == sorted(

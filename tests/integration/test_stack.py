@@ -19,8 +19,9 @@ import psutil
 import psycopg
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_helpers import read_messages
 
 from fraudstream.config import load_settings
 from fraudstream.stack import Endpoints, Stack, StackError
@@ -58,24 +59,9 @@ def test_kafka_messages_go_round_trip_with_keys_and_delivery_reports(endpoints: 
     partition_of = {key: {p for k, p in delivered if k == key} for key in sent}
     assert all(len(partitions) == 1 for partitions in partition_of.values())  # keyed
 
-    consumer = Consumer(
-        {
-            **endpoints.kafka,
-            "group.id": f"group-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.subscribe([topic])
     received: dict[bytes, list[bytes]] = {key: [] for key in sent}
-    deadline = time.monotonic() + 60
-    while sum(map(len, received.values())) < 30 and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is None or message.error():
-            continue
+    for message in read_messages(endpoints.kafka, topic, 30, timeout=60):
         received[message.key()].append(message.value())
-    consumer.close()
     assert received == sent  # every message once, in order per key
 
 
