@@ -144,7 +144,7 @@ _OWNER = textwrap.dedent(
     from fraudstream.stack import Stack
     stack = Stack(load_settings(stack={"data_dir": sys.argv[1]}))
     stack.start()
-    pids = [s._process.pid for s in (stack.postgres, stack.redis, stack.kafka)]
+    pids = [s.pid for s in (stack.postgres, stack.redis, stack.kafka)]
     print(" ".join(map(str, pids)), flush=True)
     time.sleep(600)
     """

