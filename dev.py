@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The project's two entry points, runnable with nothing but Python 3.11 and pip.
 
-    python3 dev.py run    # the main job: generate a labelled stream and score it live
+    python3 dev.py run    # the main job: servers, producer, workers, Postgres, live view
     python3 dev.py test   # lint, type-check the core, check the layering, run the test suite
 
 Both create or refresh `.venv` first: the project is (re)installed whenever `pyproject.toml`
@@ -52,7 +52,7 @@ def _run(*argv: str) -> int:
 
 
 def run_main_job(args: list[str]) -> int:
-    return _run(str(BIN / "fraudstream"), "demo", *args)
+    return _run(str(BIN / "fraudstream"), "run", *args)
 
 
 def run_tests(args: list[str]) -> int:

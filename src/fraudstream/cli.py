@@ -1,7 +1,8 @@
-"""`fraudstream` command line: demo, generate, stack, produce, rules check."""
+"""`fraudstream` command line: run, worker, demo, generate, stack, produce, rules check."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -178,6 +179,46 @@ def produce(
         f"delivered {report.sent:,} transactions to {kafka.transactions_topic} "
         f"in {report.elapsed_s:.1f} s ({report.rate:,.0f} tx/s)"
     )
+
+
+@app.command()
+def run(
+    transactions: Annotated[int, typer.Option(help="How many transactions to simulate.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
+    rate: Annotated[float, typer.Option(help="Target tx/s; 0 = as fast as possible.")] = 5_000,
+    workers: Annotated[int, typer.Option(min=1, help="Scoring worker processes.")] = 1,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: when done).")
+    ] = None,
+) -> None:
+    """The main job: stack, topics, schema, N workers, the generator producing, a live view."""
+    from fraudstream.pipeline_view import RunOptions, run_pipeline  # noqa: PLC0415
+
+    options = RunOptions(transactions, seed, rate, workers, duration)
+    code = run_pipeline(_settings(), options, console, _stop_on_signals())
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    name: Annotated[str, typer.Option(help="How this worker signs its log lines.")] = "worker",
+) -> None:
+    """Score the transactions topic in the worker group until SIGTERM or Ctrl-C, then finish
+    the batch in hand, commit and exit 0."""
+    from fraudstream.runners.serve import serve  # noqa: PLC0415
+    from fraudstream.stack import running_stack_settings  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
+    )
+    settings = running_stack_settings(_settings())
+    stopping = _stop_on_signals()
+    try:
+        totals = serve(settings, stopping, name)
+    except FraudstreamError as error:
+        logging.getLogger("fraudstream.worker").error("%s", error)
+        raise typer.Exit(2) from None
+    logging.getLogger("fraudstream.worker").info("stopped cleanly: %s", totals)
 
 
 def _settings() -> Settings:

@@ -102,6 +102,23 @@ class StackSettings(BaseModel):
     start_timeout_s: float = Field(default=60.0, gt=0)
 
 
+class WorkerSettings(BaseModel):
+    """How scoring workers consume, batch, keep feature state and find their rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: str = "fraudstream-workers"
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    """Most messages scored together: larger batches score faster, smaller ones sooner."""
+    max_wait_ms: int = Field(default=50, ge=1, le=60_000)
+    """Longest a batch waits to fill up: the latency a quiet stream pays."""
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    rules_file: Path | None = None
+    """A ruleset YAML, hot-reloaded; unset: the shipped default rules."""
+    retry_backoff_max_s: float = Field(default=5.0, gt=0)
+    """Longest pause between attempts to write a batch while a sink is down."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRAUDSTREAM_", env_nested_delimiter="__", extra="forbid"
@@ -111,6 +128,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     redis: RedisSettings = RedisSettings()
     stack: StackSettings = StackSettings()
+    worker: WorkerSettings = WorkerSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -67,3 +67,27 @@ def test_produce_without_any_kafka_says_how_to_get_one(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "fraudstream stack" in result.stdout
+
+
+def test_run_is_the_whole_pipeline_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """The README's main job, small: every produced transaction scored and stored, recall shown,
+    then workers and servers gone."""
+    log = tmp_path / "run.out"
+    with log.open("w") as out:
+        run = subprocess.Popen(
+            [CLI, "run", "--transactions", "3000", "--rate", "3000", "--workers", "2"],
+            env=_environment(tmp_path), stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        children: set[psutil.Process] = set()
+        deadline = time.monotonic() + 240
+        while run.poll() is None and time.monotonic() < deadline:
+            children |= set(psutil.Process(run.pid).children(recursive=True))
+            time.sleep(0.2)
+    output = log.read_text()
+    assert run.returncode == 0, output
+    assert len(children) >= 5, "three servers and two workers"
+    assert "workers exited with [0, 0]" in output
+    assert "velocity_attack" in output and "recall" in output
+    figures = output.rsplit("3,000 / ", 1)[1]
+    assert figures.split("│")[1].strip() == "3,000", f"not every transaction scored: {figures}"
+    assert not any(c.is_running() and c.status() != "zombie" for c in children)

@@ -67,6 +67,21 @@ class TransactionProducer:
         self.topic = topic
         self._producer = Producer({**PRODUCER_DEFAULTS, **kafka})
         self._report = PublishReport()
+        self._cancelled = False
+
+    @property
+    def report(self) -> PublishReport:
+        """Figures of the current (or last) `publish`; readable from another thread."""
+        return self._report
+
+    def close(self) -> None:
+        """Let go of the broker connections (a dropped broker is then not logged as lost)."""
+        self._producer.flush(5)
+        del self._producer
+
+    def cancel(self) -> None:
+        """Make a running `publish` stop sending; what was sent is still confirmed."""
+        self._cancelled = True
 
     def publish(
         self,
@@ -81,6 +96,8 @@ class TransactionProducer:
         report = self._report = PublishReport()
         start = time.monotonic()
         for piece in _pieces(frames, chunk):
+            if self._cancelled:
+                break
             self._send(piece)
             if rate:
                 _sleep_until(start + report.sent / rate, self._producer)

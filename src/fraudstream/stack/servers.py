@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import warnings
 from pathlib import Path
@@ -76,8 +77,13 @@ class EmbeddedKafka(EmbeddedServer):
         wait_until(self._answers, self._process, timeout)
 
     def _answers(self) -> bool:
+        """Listening (a plain connect, so the client logs no refusals), then serving metadata."""
         from confluent_kafka.admin import AdminClient  # noqa: PLC0415
 
+        try:
+            socket.create_connection((LOOPBACK, self.port or 0), timeout=1).close()
+        except OSError:
+            return False
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         metadata = admin.list_topics(timeout=2)
         return len(metadata.brokers) > 0

@@ -1,0 +1,130 @@
+"""Kafka as a source for workers and a sink for what they decide.
+
+Workers read the `transactions` topic in a consumer group with auto-commit off: the worker
+commits a batch's offsets itself, after every sink confirmed it. Decisions go to the `decisions`
+topic and rejected messages to `dead_letters`, each write confirmed by its delivery reports
+before the batch counts as written (a sink that cannot confirm raises `SinkUnavailable`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+import polars as pl
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from fraudstream.adapters.kafka import PRODUCER_DEFAULTS
+from fraudstream.ports import ScoredBatch, SinkUnavailable
+
+CONSUMER_DEFAULTS = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "fetch.wait.max.ms": 10,
+    "enable.partition.eof": True,
+    "partition.assignment.strategy": "cooperative-sticky",
+}
+"""Offsets are committed by the worker; a fresh group starts from the beginning of the log;
+a fetch returns within 10 ms when data is there (latency over request count); the end of
+a partition is reported, so the worker's event-time alignment need not wait for it."""
+
+DECISION_FIELDS = (
+    "transaction_id", "card_ref", "customer_id", "merchant_id", "amount", "currency", "score",
+    "model_score", "action", "is_flagged", "rules_fired", "reasons", "ruleset_version",
+    "model_version",
+)  # fmt: skip
+_RFC3339 = "%Y-%m-%dT%H:%M:%S%.6fZ"
+_FLUSH_TIMEOUT_S = 30.0
+
+
+def new_consumer(
+    kafka: dict[str, str], group_id: str, session_timeout_ms: int, **extra: object
+) -> Consumer:
+    """A group member that never commits on its own."""
+    config = {
+        **kafka,
+        **CONSUMER_DEFAULTS,
+        "group.id": group_id,
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
+        **extra,
+    }
+    return Consumer(config)
+
+
+class _TopicSink:
+    """Produce a batch's messages, then wait until the broker confirmed every one."""
+
+    def __init__(self, kafka: dict[str, str], topic: str) -> None:
+        self.topic = topic
+        self._producer = Producer({**PRODUCER_DEFAULTS, **kafka})
+        self._failures: list[str] = []
+
+    def _send(
+        self, messages: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    ) -> None:
+        self._failures = []
+        sent = 0
+        for key, value, headers in messages:
+            while True:
+                try:
+                    self._producer.produce(
+                        self.topic, value=value, key=key, headers=headers, on_delivery=self._on
+                    )
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+            sent += 1
+        if not sent:
+            return
+        remaining = self._producer.flush(_FLUSH_TIMEOUT_S)
+        if remaining or self._failures:
+            failed = remaining + len(self._failures)
+            raise SinkUnavailable(
+                f"{failed} of {sent} messages to {self.topic} not confirmed: "
+                f"{self._failures[:2] or 'delivery timed out'}"
+            )
+
+    def _on(self, error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            self._failures.append(str(error))
+
+    def close(self) -> None:
+        self._producer.flush(_FLUSH_TIMEOUT_S)
+
+
+class DecisionsTopicSink(_TopicSink):
+    """One JSON decision per transaction, keyed by transaction id, for downstream systems."""
+
+    def write(self, batch: ScoredBatch) -> None:
+        frame = batch.frame
+        if frame.is_empty():
+            return
+        rows = frame.select(
+            *DECISION_FIELDS,
+            pl.col("timestamp").dt.strftime(_RFC3339).alias("event_time"),
+            pl.col("decided_at").dt.strftime(_RFC3339),
+        )
+        encode = msgspec.json.Encoder().encode
+        self._send(
+            (row["transaction_id"].encode(), encode(row), []) for row in rows.iter_rows(named=True)
+        )
+
+
+class DeadLetterTopicSink(_TopicSink):
+    """Rejected messages as they arrived (raw bytes), with the reason and source in headers."""
+
+    def write(self, batch: ScoredBatch) -> None:
+        self._send(
+            (
+                None,
+                letter.raw,
+                [
+                    ("error", letter.error.encode()),
+                    ("field", letter.field.encode()),
+                    ("source", f"{letter.topic}/{letter.partition}/{letter.offset}".encode()),
+                ],
+            )
+            for letter in batch.dead_letters
+        )

@@ -1,0 +1,137 @@
+"""The whole pipeline on one machine: worker processes, the producer, and their shutdown.
+
+`fraudstream run` uses this: the embedded stack (or the servers the settings name), topics and
+schema, N worker processes in one consumer group, and the generator publishing a labelled stream
+at a target rate. Workers are separate processes (`python -m fraudstream worker`), started with
+the same settings and stopped with SIGTERM, so they finish and commit their batch before leaving.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from pydantic import SecretStr
+
+from fraudstream.adapters.kafka import PublishReport, TransactionProducer
+from fraudstream.config import Settings
+from fraudstream.runners.serve import assignments, clear_assignments
+
+WORKER_STOP_TIMEOUT_S = 30.0
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """This process's environment plus every setting as a `FRAUDSTREAM_*` variable, so a
+    worker process started with it has exactly these settings (secrets included: the
+    environment of our own child, never a log line)."""
+    env = dict(os.environ)
+    for section, values in settings.model_dump().items():
+        for name, value in values.items():
+            if value is not None:
+                env[f"FRAUDSTREAM_{section.upper()}__{name.upper()}"] = _env_text(value)
+    return env
+
+
+def _env_text(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value.resolve())
+    return str(value)
+
+
+@dataclass
+class WorkerProcesses:
+    """N `fraudstream worker` processes, logging to files under `log_dir`."""
+
+    settings: Settings
+    count: int
+    log_dir: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        clear_assignments(self.settings)
+        env = worker_environment(self.settings)
+        for number in range(self.count):
+            self.start_one(number, env)
+
+    def start_one(self, number: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"worker-{number}.log").open("ab")
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "fraudstream", "worker", "--name", f"worker-{number}"],
+            env=env or worker_environment(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        if number < len(self.processes):
+            self.processes[number] = process
+        else:
+            self.processes.append(process)
+        return process
+
+    def wait_assigned(self, timeout_s: float) -> bool:
+        """Wait until every worker holds partitions and together they hold all of them."""
+        every = set(range(self.settings.kafka.partitions))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.alive() == self.count:
+            held = assignments(self.settings)
+            names = [f"worker-{number}" for number in range(self.count)]
+            holding = [set(held.get(name, ())) for name in names]
+            if all(holding) and set().union(*holding) == every:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def alive(self) -> int:
+        return sum(process.poll() is None for process in self.processes)
+
+    def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> list[int | None]:
+        """SIGTERM every worker (they finish their batch and commit), wait, then kill any
+        that did not leave in time. Returns the exit codes."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes: list[int | None] = []
+        for process in self.processes:
+            try:
+                codes.append(process.wait(timeout_s))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                codes.append(None)
+        return codes
+
+
+class ProducerThread(threading.Thread):
+    """Publishes a frame at a target rate in the background; `report` says how far it got."""
+
+    def __init__(self, kafka: dict[str, str], topic: str, frame: pl.DataFrame, rate: float) -> None:
+        super().__init__(name="producer", daemon=True)
+        self._producer = TransactionProducer(kafka, topic)
+        self._frame = frame
+        self._rate = rate
+        self.error: Exception | None = None
+
+    @property
+    def report(self) -> PublishReport:
+        return self._producer.report
+
+    def run(self) -> None:
+        try:
+            self._producer.publish(self._frame, rate=self._rate or None)
+        except Exception as error:  # reported to the main thread, not lost
+            self.error = error
+        finally:
+            self._producer.close()
+
+    def stop(self) -> None:
+        self._producer.cancel()

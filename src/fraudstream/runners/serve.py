@@ -1,0 +1,132 @@
+"""Assemble a scoring worker from settings: consumer, engine with hot-reloaded rules, feature
+state, and the sinks (PostgreSQL, the `decisions` and `dead_letters` topics)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from fraudstream.adapters.kafka import ensure_topics
+from fraudstream.adapters.kafka_sinks import DeadLetterTopicSink, DecisionsTopicSink, new_consumer
+from fraudstream.adapters.postgres import PostgresSink
+from fraudstream.adapters.postgres_schema import migrate
+from fraudstream.adapters.rules_file import RulesFile
+from fraudstream.config import Settings, SettingsError
+from fraudstream.core.engine import Engine, available_columns
+from fraudstream.core.features import FeatureConfig, FeatureState
+from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
+from fraudstream.ports import Sink
+from fraudstream.runners.worker import Worker, WorkerTotals
+
+log = logging.getLogger("fraudstream.worker")
+WORKERS_DIR = "workers"
+
+
+def prepare_pipeline(settings: Settings) -> None:
+    """Topics and database schema, created or upgraded; safe to run from many processes."""
+    kafka = settings.kafka
+    client = kafka.client_config(_bootstrap(settings))
+    topics = [kafka.transactions_topic, kafka.decisions_topic, kafka.dead_letters_topic]
+    ensure_topics(client, topics, kafka.partitions)
+    migrate(_postgres_url(settings))
+
+
+def engine_source(settings: Settings, config: FeatureConfig) -> Callable[[], Engine]:
+    """The current engine, its ruleset reloaded from `worker.rules_file` when that changes."""
+    columns = available_columns(config)
+    path = settings.worker.rules_file
+    if path is None:
+        engine = Engine(compile_ruleset(parse_ruleset(load_default_ruleset_text()), columns))
+        return lambda: engine
+    rules = RulesFile(path, columns)
+    engine = Engine(rules.current)
+
+    def current() -> Engine:
+        result = rules.poll()
+        if result.reloaded:
+            engine.ruleset = rules.current
+            log.info("ruleset %s -> %s", result.previous_version, result.version)
+        elif result.failed:
+            log.error("ruleset change rejected, keeping %s: %s", result.version, result.error)
+        return engine
+
+    return current
+
+
+def build_worker(settings: Settings, name: str = "worker") -> Worker:
+    """A worker wired to the servers the settings name (see `running_stack_settings`); it
+    reports its partitions in `stack.data_dir/workers/<name>.json` (see `assignments`)."""
+    config = FeatureConfig()
+    kafka = settings.kafka
+    client = kafka.client_config(_bootstrap(settings))
+    worker = settings.worker
+    sinks: list[Sink] = [
+        PostgresSink(_postgres_url(settings)),
+        DecisionsTopicSink(client, kafka.decisions_topic),
+        DeadLetterTopicSink(client, kafka.dead_letters_topic),
+    ]
+    return Worker(
+        consumer=new_consumer(client, worker.group_id, worker.session_timeout_ms),
+        topic=kafka.transactions_topic,
+        engine=engine_source(settings, config),
+        state=FeatureState(config),
+        sinks=sinks,
+        max_batch=worker.max_batch,
+        max_wait_s=worker.max_wait_ms / 1000,
+        backoff_max_s=worker.retry_backoff_max_s,
+        on_assignment=_assignment_writer(settings.stack.data_dir / WORKERS_DIR / f"{name}.json"),
+    )
+
+
+def _assignment_writer(path: Path) -> Callable[[list[int]], None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(partitions: list[int]) -> None:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"pid": os.getpid(), "partitions": partitions}))
+        temporary.replace(path)
+
+    return write
+
+
+def assignments(settings: Settings) -> dict[str, list[int]]:
+    """The partitions each worker of this project reported last, by worker name."""
+    found = {}
+    for path in sorted((settings.stack.data_dir / WORKERS_DIR).glob("*.json")):
+        try:
+            found[path.stem] = list(json.loads(path.read_text())["partitions"])
+        except (OSError, ValueError, KeyError):
+            continue  # being replaced right now
+    return found
+
+
+def clear_assignments(settings: Settings) -> None:
+    for path in (settings.stack.data_dir / WORKERS_DIR).glob("*.json"):
+        path.unlink(missing_ok=True)
+
+
+def serve(settings: Settings, stop: threading.Event, name: str = "worker") -> WorkerTotals:
+    """Prepare topics and schema, then score until `stop` is set."""
+    prepare_pipeline(settings)
+    worker = build_worker(settings, name)
+    log.info("worker joined group %s", settings.worker.group_id)
+    return worker.run(stop)
+
+
+def _bootstrap(settings: Settings) -> str:
+    servers = settings.kafka.bootstrap_servers
+    if servers is None:
+        raise SettingsError(
+            "kafka.bootstrap_servers: unset, and no embedded stack is running in this project"
+        )
+    return servers
+
+
+def _postgres_url(settings: Settings) -> str:
+    if settings.postgres.url is None:
+        raise SettingsError("postgres.url: unset, and no embedded stack is running in this project")
+    return settings.postgres.url.get_secret_value()
