@@ -47,7 +47,8 @@ class DeadLetter:
 class ScoredBatch:
     """One micro-batch after scoring: every decided transaction and every rejected message.
 
-    `frame` is the engine's `Decisions.frame` plus `POSITION_COLUMNS`.
+    `frame` is the engine's `Decisions.outcome` (transaction and decision columns; sinks select
+    theirs by name, so `Decisions.frame` with the features also fits) plus `POSITION_COLUMNS`.
     """
 
     frame: pl.DataFrame

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -88,6 +89,10 @@ def test_two_workers_store_every_transaction_once_and_flag_every_velocity_attack
 
         decisions = read_messages(endpoints.kafka, pipeline.settings.kafka.decisions_topic, total)
         assert len({m.key() for m in decisions}) == total
+        sample = json.loads(decisions[0].value() or b"")
+        assert sample["transaction_id"] == (decisions[0].key() or b"").decode()
+        assert sample["action"] in {"approve", "review", "decline"}
+        assert isinstance(sample["reasons"], list)
         dead_topic = pipeline.settings.kafka.dead_letters_topic
         dead = read_messages(endpoints.kafka, dead_topic, len(MALFORMED), timeout=30)
         assert sorted(m.value() or b"" for m in dead) == sorted(MALFORMED)

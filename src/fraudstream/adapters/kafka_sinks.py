@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import msgspec
 import polars as pl
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
@@ -106,10 +105,10 @@ class DecisionsTopicSink(_TopicSink):
             pl.col("timestamp").dt.strftime(_RFC3339).alias("event_time"),
             pl.col("decided_at").dt.strftime(_RFC3339),
         )
-        encode = msgspec.json.Encoder().encode
-        self._send(
-            (row["transaction_id"].encode(), encode(row), []) for row in rows.iter_rows(named=True)
-        )
+        text = rows.write_ndjson().encode()  # JSON made in Rust, not row by row
+        lines = text.rstrip(b"\n").split(b"\n")
+        keys = frame.get_column("transaction_id").to_list()
+        self._send((key.encode(), line, []) for key, line in zip(keys, lines, strict=True))
 
 
 class DeadLetterTopicSink(_TopicSink):

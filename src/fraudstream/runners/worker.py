@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -48,6 +48,11 @@ class WorkerTotals:
     dead_letters: int = 0
     sink_retries: int = 0
     commit_failures: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Time spent per stage (`poll`, `score`, each sink by class name, `commit`)."""
+
+    def add_time(self, stage: str, started: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
 class Worker:
@@ -95,7 +100,9 @@ class Worker:
         last_release = time.monotonic()
         try:
             while not stop.is_set():
+                started = time.perf_counter()
                 self._poll()
+                self.totals.add_time("poll", started)
                 idle = time.monotonic() - last_release > self._max_idle_s
                 arrivals = self._aligner.release(self._max_batch, force=idle)
                 if arrivals:
@@ -112,10 +119,14 @@ class Worker:
     def process(self, arrivals: list[Arrival], stop: threading.Event) -> bool:
         """Score, write and commit one batch; False when it was abandoned (stop during an
         outage), in which case nothing is committed and the batch will be read again."""
+        started = time.perf_counter()
         batch = self.score(arrivals)
+        self.totals.add_time("score", started)
         if not self._write(batch, stop):
             return False
+        started = time.perf_counter()
         self._commit([arrival.message for arrival in arrivals])
+        self.totals.add_time("commit", started)
         self.totals.batches += 1
         self.totals.scored += batch.frame.height
         self.totals.flagged += int(batch.frame.get_column("is_flagged").sum())
@@ -170,7 +181,7 @@ class Worker:
         frame = frame.sort("timestamp", maintain_order=True)
         decisions = self._engine().process(frame, self._state)
         decided_at = pl.lit(datetime.now(UTC)).dt.cast_time_unit("us").alias("decided_at")
-        return ScoredBatch(decisions.frame.with_columns(decided_at), letters)
+        return ScoredBatch(decisions.outcome.with_columns(decided_at), letters)
 
     def _write(self, batch: ScoredBatch, stop: threading.Event) -> bool:
         """Every sink confirms the batch, or (stop set during an outage) False."""
@@ -179,7 +190,9 @@ class Worker:
         while pending:
             sink = pending[0]
             try:
+                started = time.perf_counter()
                 sink.write(batch)
+                self.totals.add_time(type(sink).__name__, started)
                 pending.pop(0)
                 backoff = _FIRST_BACKOFF_S
             except SinkUnavailable as error:

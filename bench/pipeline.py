@@ -1,0 +1,252 @@
+"""The pipeline end to end on the embedded stack, beside the seed-style consumer and the broker.
+
+    python bench/pipeline.py [--backlog 100000] [--workers 1] [--rate 2000] [--duration 60]
+
+Three figures, one embedded stack, one JSON line:
+
+* throughput: `--backlog` transactions already in the topic, then `--workers` worker processes
+  score and store all of them; tx/s = rows stored / time from the first to the last decision.
+* the seed-style baseline on the same broker and database: one message, one `amount > 9000`
+  check, one INSERT and one commit per message, over `--seed-messages` messages.
+* latency at a steady `--rate` for `--duration` seconds: event published → decided (the
+  worker's `decided_at` minus the Kafka message timestamp), p50/p99 overall and per 10 s
+  window (the embedded broker slows as a partition's log grows, so one figure could hide a
+  drift); beside it the broker's floor: the same rate through the same producer settings to a
+  plain consumer, published → consumed, no scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from confluent_kafka import Consumer
+
+from fraudstream.adapters.kafka import TransactionProducer, ensure_topics
+from fraudstream.adapters.kafka_sinks import CONSUMER_DEFAULTS
+from fraudstream.config import Settings, load_settings
+from fraudstream.generator import GeneratorConfig, generate
+from fraudstream.runners.local import WorkerProcesses
+from fraudstream.runners.serve import prepare_pipeline
+from fraudstream.stack import Endpoints, Stack
+
+WINDOW_S = 10
+
+
+def pipeline_settings(endpoints: Endpoints, data_dir: Path, name: str) -> Settings:
+    """Settings for a pipeline with its own topics, database and group."""
+    with psycopg.connect(endpoints.postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return load_settings(
+        kafka={
+            "bootstrap_servers": endpoints.kafka["bootstrap.servers"],
+            "transactions_topic": f"{name}-transactions",
+            "decisions_topic": f"{name}-decisions",
+            "dead_letters_topic": f"{name}-dead-letters",
+        },
+        postgres={"url": endpoints.postgres_url.rsplit("/", 1)[0] + f"/{name}"},
+        redis={"url": endpoints.redis_url},
+        stack={"data_dir": data_dir},
+        worker={"group_id": f"{name}-workers", "session_timeout_ms": 6000},
+    )
+
+
+def stored(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as connection:
+        row = connection.execute("SELECT count(*) FROM transactions").fetchone()
+    return int(row[0]) if row else 0
+
+
+def run_workers(settings: Settings, workers: int, log_dir: Path, expected: int, limit_s: float):
+    """Start workers, wait until `expected` rows are stored, stop them."""
+    processes = WorkerProcesses(settings, workers, log_dir)
+    processes.start()
+    try:
+        if not processes.wait_assigned(60):
+            raise SystemExit("workers did not get partitions")
+        url = settings.postgres.url.get_secret_value()
+        deadline = time.monotonic() + limit_s
+        while stored(url) < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        processes.stop()
+    return settings.postgres.url.get_secret_value()
+
+
+def throughput(endpoints: Endpoints, data_dir: Path, backlog: int, workers: int) -> dict:
+    settings = pipeline_settings(endpoints, data_dir, f"bench_{uuid.uuid4().hex[:8]}")
+    prepare_pipeline(settings)
+    stream = generate(GeneratorConfig(seed=5, n_transactions=backlog))
+    TransactionProducer(endpoints.kafka, settings.kafka.transactions_topic).publish(
+        stream.transactions
+    )
+    url = run_workers(settings, workers, data_dir / "logs", stream.transactions.height, 600)
+    with psycopg.connect(url, autocommit=True) as connection:
+        count, first, last = connection.execute(
+            "SELECT count(*), min(decided_at), max(decided_at) FROM transactions"
+        ).fetchone()
+    span = (last - first).total_seconds()
+    return {"rows": count, "workers": workers, "tx_per_s": round(count / span) if span else None}
+
+
+def seed_style(endpoints: Endpoints, messages: int) -> dict:
+    """The tutorial consumer: json.loads, `amount > 9000`, INSERT, commit — per message."""
+    topic = f"seed-{uuid.uuid4().hex[:8]}"
+    ensure_topics(endpoints.kafka, [topic], 1)
+    stream = generate(GeneratorConfig(seed=9, n_transactions=messages))
+    TransactionProducer(endpoints.kafka, topic).publish(stream.transactions)
+    with psycopg.connect(endpoints.postgres_url) as connection:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS seed_transactions (transaction_id text PRIMARY KEY,"
+            " card_ref text, amount double precision, is_fraud boolean, event_time text)"
+        )
+        connection.commit()
+        consumer = Consumer(
+            {**endpoints.kafka, "group.id": topic, "auto.offset.reset": "earliest",
+             "session.timeout.ms": 6000}
+        )  # fmt: skip
+        consumer.subscribe([topic])
+        done, started = 0, None
+        while done < stream.transactions.height:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            started = started or time.perf_counter()
+            tx = json.loads(message.value())
+            connection.execute(
+                "INSERT INTO seed_transactions VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (tx["transaction_id"], tx.get("card_ref"), tx["amount"], tx["amount"] > 9000,
+                 tx["timestamp"]),
+            )  # fmt: skip
+            connection.commit()
+            done += 1
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+        consumer.close()
+    return {"rows": done, "tx_per_s": round(done / elapsed) if elapsed else None}
+
+
+def latency(endpoints: Endpoints, data_dir: Path, rate: float, duration: float) -> dict:
+    settings = pipeline_settings(endpoints, data_dir, f"lat_{uuid.uuid4().hex[:8]}")
+    prepare_pipeline(settings)
+    stream = generate(GeneratorConfig(seed=6, n_transactions=int(rate * duration), days=7))
+    processes = WorkerProcesses(settings, 1, data_dir / "logs-latency")
+    processes.start()
+    try:
+        if not processes.wait_assigned(60):
+            raise SystemExit("the worker did not get partitions")
+        TransactionProducer(endpoints.kafka, settings.kafka.transactions_topic).publish(
+            stream.transactions, rate=rate
+        )
+        url = settings.postgres.url.get_secret_value()
+        deadline = time.monotonic() + 120
+        while stored(url) < stream.transactions.height and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        processes.stop()
+    with psycopg.connect(url, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT extract(epoch FROM ingested_at), extract(epoch FROM decided_at - ingested_at)"
+            " FROM transactions ORDER BY ingested_at"
+        ).fetchall()
+    sent = np.array([float(r[0]) for r in rows])
+    lag = np.array([float(r[1]) for r in rows])
+    return {"rate": rate, "duration_s": duration, "rows": len(rows), **_percentiles(sent, lag)}
+
+
+def broker_floor(endpoints: Endpoints, rate: float, duration: float) -> dict:
+    """Published → consumed, the same stream through the same producer and consumer settings
+    to a plain consumer: the latency of the broker and clients alone, no scoring."""
+    topic = f"floor-{uuid.uuid4().hex[:8]}"
+    ensure_topics(endpoints.kafka, [topic], 4)
+    consumer = Consumer(
+        {**endpoints.kafka, **CONSUMER_DEFAULTS, "group.id": topic, "session.timeout.ms": 6000}
+    )
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        consumer.poll(0.2)
+    stream = generate(GeneratorConfig(seed=6, n_transactions=int(rate * duration), days=7))
+    total = stream.transactions.height
+    received: list[tuple[float, float]] = []
+
+    def consume() -> None:
+        deadline = time.monotonic() + duration + 120
+        while len(received) < total and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.05):
+                if message.error() is None:
+                    received.append((message.timestamp()[1] / 1000, time.time()))
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    TransactionProducer(endpoints.kafka, topic).publish(stream.transactions, rate=rate)
+    reader.join()
+    consumer.close()
+    sent = np.array([s for s, _ in received])
+    lag = np.array([r - s for s, r in received])
+    return {"rate": rate, "rows": len(received), **_percentiles(sent, lag)}
+
+
+def _percentiles(sent: np.ndarray, lag: np.ndarray) -> dict:
+    if not lag.size:
+        return {}
+    windows = ((sent - sent.min()) // WINDOW_S).astype(int)
+    over_time = [
+        {
+            "t_s": int(w * WINDOW_S),
+            "p50_ms": round(float(np.percentile(lag[windows == w], 50)) * 1000, 1),
+            "p99_ms": round(float(np.percentile(lag[windows == w], 99)) * 1000, 1),
+        }
+        for w in np.unique(windows)
+    ]
+    return {
+        "p50_ms": round(float(np.percentile(lag, 50)) * 1000, 1),
+        "p99_ms": round(float(np.percentile(lag, 99)) * 1000, 1),
+        "over_time": over_time,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seed-messages", type=int, default=3_000)
+    parser.add_argument("--rate", type=float, default=2_000)
+    parser.add_argument("--duration", type=float, default=60)
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="fraudstream-bench-"))
+    try:
+        with Stack(load_settings(stack={"data_dir": data_dir / "stack"})) as endpoints:
+            result = {
+                "bench": "pipeline",
+                "cpus": platform.os.cpu_count(),
+                "python": sys.version.split()[0],
+                "throughput": throughput(endpoints, data_dir, args.backlog, args.workers),
+                "baseline_seed_style": seed_style(endpoints, args.seed_messages),
+                "baseline_broker_floor": broker_floor(endpoints, args.rate, args.duration),
+                "latency": latency(endpoints, data_dir, args.rate, args.duration),
+            }
+        seed = result["baseline_seed_style"]["tx_per_s"]
+        ours = result["throughput"]["tx_per_s"]
+        result["speedup_vs_seed"] = round(ours / seed, 1) if seed and ours else None
+        floor = result["baseline_broker_floor"].get("p99_ms")
+        ours_p99 = result["latency"].get("p99_ms")
+        result["p99_over_floor_ms"] = (
+            round(ours_p99 - floor, 1) if floor is not None and ours_p99 is not None else None
+        )
+        print(json.dumps(result))
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
