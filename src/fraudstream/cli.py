@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-import polars as pl
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -23,6 +22,7 @@ from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, p
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.generator.output import write_jsonl, write_labels, write_parquet
 from fraudstream.runners.replay import ReplayProgress, replay, scenario_report
+from fraudstream.views import scenario_table
 
 if TYPE_CHECKING:
     from fraudstream.stack import Endpoints
@@ -53,22 +53,6 @@ def _live_table(progress: ReplayProgress, total: int) -> Table:
     return table
 
 
-def _scenario_table(report: pl.DataFrame) -> Table:
-    table = Table(title="Detection against the ground truth (flag = review or decline)")
-    for column in ("scenario", "fraud tx", "caught", "recall", "precision"):
-        table.add_column(column, justify="right" if column != "scenario" else "left")
-    for row in report.iter_rows(named=True):
-        precision = row["precision"]
-        table.add_row(
-            str(row["scenario"]),
-            f"{row['fraud']:,}",
-            f"{row['caught']:,}",
-            f"{row['recall']:.1%}",
-            "" if precision is None else f"{precision:.1%} of {row['flags']:,} flags",
-        )
-    return table
-
-
 @app.command()
 def demo(
     transactions: Annotated[int, typer.Option(help="How many transactions to simulate.")] = 100_000,
@@ -95,7 +79,7 @@ def demo(
 
         decisions, progress = replay(stream.transactions, engine, state, batch_size, show)
     report = scenario_report(decisions, stream.labels)
-    console.print(_scenario_table(report))
+    console.print(scenario_table(report, "Detection against the ground truth"))
     stats = state.stats()
     console.print(
         f"throughput {progress.rate:,.0f} tx/s (engine time {progress.elapsed_s:.2f} s) · "

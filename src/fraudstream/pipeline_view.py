@@ -31,6 +31,7 @@ from fraudstream.runners.local import ProducerThread, WorkerProcesses
 from fraudstream.runners.replay import scenario_report
 from fraudstream.runners.serve import prepare_pipeline
 from fraudstream.stack import Stack, running_stack_settings
+from fraudstream.views import scenario_table
 
 REFRESH_S = 0.5
 
@@ -126,7 +127,10 @@ def _watch(
                 progress.update(producer.report.sent, stats.figures())
                 recall = _recall(labels, stats.flagged_ids(), progress.produced)
                 live.update(
-                    Group(_figures_table(progress, options, workers), _recall_table(recall))
+                    Group(
+                        _figures_table(progress, options, workers),
+                        scenario_table(recall, "Detection so far against the ground truth"),
+                    )
                 )
                 finished = _all_accounted(progress, producer)
                 if finished or producer.error or (deadline and time.monotonic() > deadline):
@@ -185,22 +189,6 @@ def _figures_table(progress: _Progress, options: RunOptions, workers: WorkerProc
         _ms(figures.latency_p99_s),
     )
     table.caption = f"latency: event published → decided, over the last {LATENCY_WINDOW_S} s"
-    return table
-
-
-def _recall_table(report: pl.DataFrame) -> Table:
-    table = Table(title="Detection so far against the ground truth (flag = review or decline)")
-    for column in ("scenario", "fraud tx", "caught", "recall", "precision"):
-        table.add_column(column, justify="left" if column == "scenario" else "right")
-    for row in report.iter_rows(named=True):
-        precision = row["precision"]
-        table.add_row(
-            str(row["scenario"]),
-            f"{row['fraud']:,}",
-            f"{row['caught']:,}",
-            f"{row['recall']:.1%}",
-            "" if precision is None else f"{precision:.1%} of {row['flags']:,} flags",
-        )
     return table
 
 
