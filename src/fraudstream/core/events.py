@@ -175,12 +175,17 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
 
+def event_time_us(tx: Transaction) -> int:
+    """The transaction's event time as integer microseconds since the epoch, UTC."""
+    return (tx.timestamp - _EPOCH) // _MICROSECOND
+
+
 def to_frame(transactions: Sequence[Transaction]) -> pl.DataFrame:
     """Columns of a decoded batch, in the engine's schema (timestamps in UTC microseconds)."""
     columns: dict[str, list[object]] = {}
     for name in TRANSACTION_SCHEMA:
         if name == "timestamp":
-            columns[name] = [(tx.timestamp - _EPOCH) // _MICROSECOND for tx in transactions]
+            columns[name] = [event_time_us(tx) for tx in transactions]
         else:
             columns[name] = [getattr(tx, name) for tx in transactions]
     frame = pl.DataFrame(

@@ -61,22 +61,22 @@ class WorkerProcesses:
         clear_assignments(self.settings)
         env = worker_environment(self.settings)
         for number in range(self.count):
-            self.start_one(number, env)
-
-    def start_one(self, number: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"worker-{number}.log").open("ab")
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "fraudstream", "worker", "--name", f"worker-{number}"],
-            env=env or worker_environment(self.settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        if number < len(self.processes):
-            self.processes[number] = process
-        else:
-            self.processes.append(process)
-        return process
+            with (self.log_dir / f"worker-{number}.log").open("ab") as log:
+                self.processes.append(
+                    subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                        [
+                            sys.executable,
+                            "-m",
+                            "fraudstream",
+                            "worker",
+                            "--name",
+                            f"worker-{number}",
+                        ],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
 
     def wait_assigned(self, timeout_s: float) -> bool:
         """Wait until every worker holds partitions and together they hold all of them."""

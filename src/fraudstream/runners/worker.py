@@ -18,14 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import polars as pl
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from fraudstream.core.engine import Engine
 from fraudstream.core.errors import InvalidTransaction
-from fraudstream.core.events import Rejected, decode_transaction, to_frame
+from fraudstream.core.events import Rejected, decode_transaction, event_time_us, to_frame
 from fraudstream.core.features import FeatureState
 from fraudstream.ports import DeadLetter, ScoredBatch, Sink, SinkUnavailable
 from fraudstream.runners.alignment import Arrival, EventTimeAligner
@@ -33,8 +33,6 @@ from fraudstream.runners.alignment import Arrival, EventTimeAligner
 log = logging.getLogger("fraudstream.worker")
 
 EMPTY_MESSAGE = "message has no value"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _FIRST_BACKOFF_S = 0.1
 
 
@@ -152,8 +150,7 @@ class Worker:
         except InvalidTransaction as error:
             rejected = Rejected(0, message.value() or b"", error)
             return Arrival(message, None, rejected, self._aligner.frontier(key))
-        event_us = (transaction.timestamp - _EPOCH) // _MICROSECOND
-        return Arrival(message, transaction, None, event_us)
+        return Arrival(message, transaction, None, event_time_us(transaction))
 
     def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions added (incrementally: the group rebalances cooperatively)."""
@@ -251,8 +248,8 @@ def _timestamp_us(message: Message) -> int | None:
 
 def _dead_letter(message: Message, error: str, field: str) -> DeadLetter:
     raw = message.value()
-    millis = _timestamp_us(message)
-    received = datetime.fromtimestamp(millis / 1e6, UTC) if millis else datetime.now(UTC)
+    broker_us = _timestamp_us(message)
+    received = datetime.fromtimestamp(broker_us / 1e6, UTC) if broker_us else datetime.now(UTC)
     return DeadLetter(
         topic=message.topic() or "",
         partition=message.partition() or 0,
