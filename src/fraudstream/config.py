@@ -117,6 +117,14 @@ class WorkerSettings(BaseModel):
     """A ruleset YAML, hot-reloaded; unset: the shipped default rules."""
     retry_backoff_max_s: float = Field(default=5.0, gt=0)
     """Longest pause between attempts to write a batch while a sink is down."""
+    end_grace_ms: int = Field(default=200, ge=0, le=60_000)
+    """How long a partition at the end of its log still holds newer events of other partitions
+    back (see `runners/alignment.py`): the price of the same order, and features, every run."""
+    state: Literal["memory", "redis"] = "redis"
+    """Where feature state is checkpointed: `redis` (shared by the group's workers: a restart or
+    a moved partition resumes from the newest checkpoint) or `memory` (no checkpoints: a
+    restart folds the log from its beginning)."""
+    checkpoint_interval_s: float = Field(default=10.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -35,3 +35,20 @@ def read_messages(
         seen.extend(m for m in consumer.consume(500, timeout=0.5) if m.error() is None)
     consumer.close()
     return seen
+
+
+def read_all(
+    kafka: dict[str, str], topic: str, quiet_s: float = 3.0, timeout: float = 60
+) -> list[Message]:
+    """Every message of `topic`: read until nothing more arrived for `quiet_s` after the
+    first one (which may take a group join), or `timeout` in all."""
+    consumer = fresh_consumer(kafka, topic)
+    seen: list[Message] = []
+    started = last = time.monotonic()
+    while time.monotonic() - started < timeout and not (seen and time.monotonic() - last > quiet_s):
+        batch = [m for m in consumer.consume(500, timeout=0.5) if m.error() is None]
+        if batch:
+            seen.extend(batch)
+            last = time.monotonic()
+    consumer.close()
+    return seen

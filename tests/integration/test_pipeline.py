@@ -135,14 +135,14 @@ def test_a_database_outage_loses_and_duplicates_nothing(
         )
     assert stored.height == transactions.height
     assert stored.get_column("transaction_id").n_unique() == transactions.height
-    reference = _undisturbed(transactions)
+    reference = undisturbed(transactions)
     compared = stored.join(reference, on="transaction_id", suffix="_reference")
     assert compared.height == transactions.height
     differ = compared.filter(pl.col("action") != pl.col("action_reference"))
     assert differ.is_empty(), differ.head()
 
 
-def _undisturbed(transactions: pl.DataFrame) -> pl.DataFrame:
+def undisturbed(transactions: pl.DataFrame) -> pl.DataFrame:
     """The same stream scored in one process, in event-time order: the expected decisions."""
     config = FeatureConfig()
     ruleset = compile_ruleset(parse_ruleset(load_default_ruleset_text()), available_columns(config))

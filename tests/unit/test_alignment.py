@@ -68,3 +68,20 @@ def test_a_dead_letter_travels_in_its_place() -> None:
     aligner.add(P0, _arrival("bad", aligner.frontier(P0)))
     aligner.add(P0, _arrival("b", 20))
     assert _labels(aligner.release(10)) == ["a", "bad", "b"]
+
+
+def test_a_drained_partition_holds_back_for_the_grace_after_an_arrival() -> None:
+    """At the end of its log a partition may still get an older event a moment later (the
+    producer's batches travel separately): newer events wait `end_grace_s` for it."""
+    aligner = EventTimeAligner(max_buffered=100, end_grace_s=0.2)
+    aligner.assign([P0, P1])
+    aligner.add(P1, Arrival("b1", None, None, 5, arrived_s=0.0))  # type: ignore[arg-type]
+    aligner.add(P0, Arrival("a1", None, None, 10, arrived_s=1.0))  # type: ignore[arg-type]
+    assert _labels(aligner.release(10, now_s=1.0)) == ["b1"]
+    aligner.reached_end(P1)
+    assert aligner.release(10, now_s=1.1) == [], "P1 is drained, but only just"
+    aligner.add(P1, Arrival("b2", None, None, 8, arrived_s=1.15))  # type: ignore[arg-type]
+    aligner.reached_end(P1)
+    assert _labels(aligner.release(10, now_s=1.15)) == ["b2"], "8 is below every frontier"
+    assert aligner.release(10, now_s=1.19) == []
+    assert _labels(aligner.release(10, now_s=1.2)) == ["a1"], "the grace has passed"

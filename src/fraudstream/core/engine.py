@@ -249,11 +249,23 @@ class Engine:
         self._rule_actions = np.array([SEVERITY[rule.action] for rule in rules], dtype=np.int8)
         self._explainers = [(rule.id, _columns_read(rule.expression)) for rule in rules]
 
-    def process(self, batch: pl.DataFrame, state: FeatureState) -> Decisions:
-        """Score a batch (in the engine's transaction schema) and advance `state`."""
+    def process(
+        self, batch: pl.DataFrame, state: FeatureState, decide: str | None = None
+    ) -> Decisions:
+        """Score a batch (in the engine's transaction schema) and advance `state`.
+
+        With `decide`, the name of a Boolean column of `batch`, every row advances the state but
+        only the rows where it is true are scored and returned: a worker that keeps the whole
+        stream's state scores only its own partitions' transactions.
+        """
         if not batch.get_column("timestamp").is_sorted():
             batch = batch.sort("timestamp", maintain_order=True)
-        inputs = _BatchInputs(batch, state.advance(batch))
+        features = state.advance(batch)
+        if decide is not None:
+            mask = batch.get_column(decide).to_numpy()
+            features = features.select(np.flatnonzero(mask))
+            batch = batch.filter(pl.col(decide)).drop(decide)
+        inputs = _BatchInputs(batch, features)
         hit_matrix, _ = self._ruleset.evaluate_batch(inputs)
         by_rules = rule_scores(hit_matrix, self._weights)
         model_score, drivers = self._model_scores(inputs)

@@ -32,3 +32,8 @@ class RuleError(FraudstreamError):
 
 class ConfigError(FraudstreamError):
     """A feature, decision or engine setting is inconsistent; the message names the setting."""
+
+
+class SnapshotError(FraudstreamError):
+    """A state snapshot does not fit this feature configuration or is incomplete; the message
+    names the array."""

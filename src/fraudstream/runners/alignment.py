@@ -4,11 +4,14 @@ Feature state has one watermark, and an event more than `allowed_lateness` behin
 features. A worker reading several partitions of a backlog gets them unevenly (one fetch may bring
 thousands of one partition's messages and a few of another's), so scoring them as they arrive
 would push the watermark ahead of the slower partitions and make their events late. The aligner
-holds arrived messages per partition and releases only what no assigned partition can undercut:
-events up to the smallest *frontier* (newest event time seen) among the partitions that may still
-deliver something. A partition whose buffer is empty and that reached the end of its log (an EOF
-event) does not hold the others back; nor does anything once `max_idle_s` passed without a
-release, or the buffers hold `max_buffered` messages (bounded memory, bounded latency).
+holds arrived messages per partition and releases only what no partition can undercut: events up
+to the smallest *frontier* (newest event time seen) among all partitions. A partition whose buffer
+is empty and that reached the end of its log (an EOF event) holds the others back only for
+`end_grace_s` after an event arrived: a producer's batches for different partitions reach the
+broker a few milliseconds apart, so "nothing more right now" is not yet "nothing older to come",
+and waiting that long is what makes the order, and so every feature, the same on every run.
+Nothing waits once the caller forces a release (idle too long), or the buffers hold
+`max_buffered` messages (bounded memory, bounded latency).
 
 Each partition is released as a prefix in offset order (dead letters travel in their place), so
 the next offset to commit is simply the first one not yet released.
@@ -37,6 +40,8 @@ class Arrival:
     rejected: Rejected | None
     event_us: int
     """Event time in µs; dead letters carry the event time before them (they never wait)."""
+    arrived_s: float = 0.0
+    """When it was read (a monotonic clock), for the end-of-log grace."""
 
 
 @dataclass
@@ -49,9 +54,10 @@ class _Partition:
 class EventTimeAligner:
     """Per-partition buffers of arrivals, released in event-time order."""
 
-    def __init__(self, max_buffered: int) -> None:
+    def __init__(self, max_buffered: int, end_grace_s: float = 0.0) -> None:
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._max_buffered = max_buffered
+        self._end_grace_s = end_grace_s
         self.buffered = 0
 
     def assign(self, keys: list[tuple[str, int]]) -> None:
@@ -74,6 +80,10 @@ class EventTimeAligner:
         partition = self._partitions.get(key)
         return NO_TIME if partition is None else partition.frontier_us
 
+    def queued(self, key: tuple[str, int]) -> int:
+        partition = self._partitions.get(key)
+        return 0 if partition is None else len(partition.queue)
+
     def forget_ends(self) -> None:
         """After a long pause (a sink outage) a partition's end of log is long past: every
         partition may deliver again until it reports its end anew."""
@@ -87,27 +97,40 @@ class EventTimeAligner:
         partition.frontier_us = max(partition.frontier_us, arrival.event_us)
         self.buffered += 1
 
-    def release(self, limit: int, *, force: bool = False) -> list[Arrival]:
+    def release(self, limit: int, *, force: bool = False, now_s: float = 0.0) -> list[Arrival]:
         """Up to `limit` arrivals no partition can undercut, oldest event first (all that are
-        buffered, by event time, when `force` or the buffers are full)."""
-        bound = FOREVER if force or self.buffered >= self._max_buffered else self._bound()
-        heads = [
-            (p.queue[0].event_us, key)
-            for key, p in self._partitions.items()
-            if p.queue and p.queue[0].event_us <= bound
-        ]
+        buffered, by event time, when `force` or the buffers are full). `now_s` is the clock
+        `Arrival.arrived_s` was read from."""
+        if force or self.buffered >= self._max_buffered:
+            every, delivering = FOREVER, FOREVER
+        else:
+            every, delivering = self._bounds()
+        settled = now_s - self._end_grace_s
+
+        def releasable(arrival: Arrival) -> bool:
+            t = arrival.event_us
+            return t <= every or (t <= delivering and arrival.arrived_s <= settled)
+
+        heads = [(p.queue[0].event_us, key) for key, p in self._partitions.items() if p.queue]
         heapq.heapify(heads)
         released: list[Arrival] = []
         while heads and len(released) < limit:
             _, key = heapq.heappop(heads)
             queue = self._partitions[key].queue
+            if not releasable(queue[0]):
+                break  # anything later must wait for it: the order is the point
             released.append(queue.popleft())
-            if queue and queue[0].event_us <= bound:
+            if queue:
                 heapq.heappush(heads, (queue[0].event_us, key))
         self.buffered -= len(released)
         return released
 
-    def _bound(self) -> int:
-        """The newest event time every partition that may still deliver has reached."""
-        frontiers = [p.frontier_us for p in self._partitions.values() if p.queue or not p.at_end]
-        return min(frontiers, default=FOREVER)
+    def _bounds(self) -> tuple[int, int]:
+        """The newest event time every partition has reached, and the same among only the
+        partitions that may still deliver (not drained to the end of their log)."""
+        every = delivering = FOREVER
+        for p in self._partitions.values():
+            every = min(every, p.frontier_us)
+            if p.queue or not p.at_end:
+                delivering = min(delivering, p.frontier_us)
+        return every, delivering

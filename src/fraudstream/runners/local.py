@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from fraudstream.adapters.kafka import PublishReport, TransactionProducer
 from fraudstream.config import Settings
-from fraudstream.runners.serve import assignments, clear_assignments
+from fraudstream.runners.serve import assignments, clear_assignments, forget_assignment
 
 WORKER_STOP_TIMEOUT_S = 30.0
 
@@ -59,24 +59,30 @@ class WorkerProcesses:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         clear_assignments(self.settings)
-        env = worker_environment(self.settings)
-        for number in range(self.count):
-            with (self.log_dir / f"worker-{number}.log").open("ab") as log:
-                self.processes.append(
-                    subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                        [
-                            sys.executable,
-                            "-m",
-                            "fraudstream",
-                            "worker",
-                            "--name",
-                            f"worker-{number}",
-                        ],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+        self.processes = [self._spawn(number) for number in range(self.count)]
+
+    def _spawn(self, number: int) -> subprocess.Popen[bytes]:
+        name = f"worker-{number}"
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "fraudstream", "worker", "--name", name],
+                env=worker_environment(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, number: int) -> None:
+        """SIGKILL one worker (a crash: no batch finished, nothing committed on the way out)."""
+        process = self.processes[number]
+        process.kill()
+        process.wait()
+
+    def restart(self, number: int) -> None:
+        """Start worker `number` again (after `kill`), under the same name and log."""
+        if self.processes[number].poll() is None:
+            raise RuntimeError(f"worker-{number} is still running")
+        forget_assignment(self.settings, f"worker-{number}")
+        self.processes[number] = self._spawn(number)
 
     def wait_assigned(self, timeout_s: float) -> bool:
         """Wait until every worker holds partitions and together they hold all of them."""

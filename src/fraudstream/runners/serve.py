@@ -14,12 +14,14 @@ from fraudstream.adapters.kafka import ensure_topics
 from fraudstream.adapters.kafka_sinks import DeadLetterTopicSink, DecisionsTopicSink, new_consumer
 from fraudstream.adapters.postgres import PostgresSink
 from fraudstream.adapters.postgres_schema import migrate
+from fraudstream.adapters.redis_state import CheckpointStore
 from fraudstream.adapters.rules_file import RulesFile
 from fraudstream.config import Settings, SettingsError
 from fraudstream.core.engine import Engine, available_columns
-from fraudstream.core.features import FeatureConfig, FeatureState
+from fraudstream.core.features import FeatureConfig
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
 from fraudstream.ports import Sink
+from fraudstream.runners.stream_state import StreamState
 from fraudstream.runners.worker import Worker, WorkerTotals
 
 log = logging.getLogger("fraudstream.worker")
@@ -70,16 +72,36 @@ def build_worker(settings: Settings, name: str = "worker") -> Worker:
         DeadLetterTopicSink(client, kafka.dead_letters_topic),
     ]
     return Worker(
-        consumer=new_consumer(client, worker.group_id, worker.session_timeout_ms),
+        group=new_consumer(client, worker.group_id, worker.session_timeout_ms),
+        reader=new_consumer(client, f"{worker.group_id}.reader", worker.session_timeout_ms),
         topic=kafka.transactions_topic,
         engine=engine_source(settings, config),
-        state=FeatureState(config),
+        state=StreamState(
+            config,
+            checkpoints=checkpoint_store(settings),
+            checkpoint_interval_s=worker.checkpoint_interval_s,
+            worker=name,
+        ),
         sinks=sinks,
         max_batch=worker.max_batch,
         max_wait_s=worker.max_wait_ms / 1000,
         backoff_max_s=worker.retry_backoff_max_s,
+        end_grace_s=worker.end_grace_ms / 1000,
         on_assignment=_assignment_writer(settings.stack.data_dir / WORKERS_DIR / f"{name}.json"),
     )
+
+
+def checkpoint_store(settings: Settings) -> CheckpointStore | None:
+    """The group's checkpoints in Redis, or None with state `memory`."""
+    if settings.worker.state == "memory":
+        return None
+    if settings.redis.url is None:
+        raise SettingsError(
+            "redis.url: unset, and no embedded stack is running in this project "
+            "(or set worker.state to memory)"
+        )
+    namespace = f"fraudstream:state:{settings.worker.group_id}:{settings.kafka.transactions_topic}"
+    return CheckpointStore(settings.redis.url.get_secret_value(), namespace)
 
 
 def _assignment_writer(path: Path) -> Callable[[list[int]], None]:
@@ -102,6 +124,10 @@ def assignments(settings: Settings) -> dict[str, list[int]]:
         except (OSError, ValueError, KeyError):
             continue  # being replaced right now
     return found
+
+
+def forget_assignment(settings: Settings, name: str) -> None:
+    (settings.stack.data_dir / WORKERS_DIR / f"{name}.json").unlink(missing_ok=True)
 
 
 def clear_assignments(settings: Settings) -> None:

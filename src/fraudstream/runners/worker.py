@@ -1,11 +1,19 @@
-"""The Kafka worker: consume a micro-batch, decode, score, write to every sink, then commit.
+"""The Kafka worker: read the whole stream, fold it into feature state, score the partitions the
+group gave this worker, write to every sink, then commit.
+
+Two consumers: `group`, a member of the scoring consumer group whose partitions are this worker's
+to score and commit (it never fetches: its partitions stay paused), and `reader`, assigned every
+partition of the topic, which feeds the event-time aligner. Every released message advances the
+feature state; only the group's partitions, from their committed offsets on, are scored and
+written (see `stream_state.py` for why every worker folds everything).
 
 Delivery is effectively once. Offsets are committed only after every sink confirmed the batch,
 and every sink is idempotent (on `transaction_id`, or on the source position for dead letters),
-so a crash at any point means the batch is read and written again, adding nothing twice. While a
-sink is down the worker keeps the scored batch and retries only the sinks that have not confirmed
-it yet, with capped exponential backoff, and commits nothing; the consumer keeps polling with its
-partitions paused so the group does not evict it.
+so a crash at any point means the batch is read and written again, adding nothing twice; and
+since the state is rebuilt to just before the committed offsets, it is scored the same way
+again. While a sink is down the worker keeps the scored batch and retries only the sinks that
+have not confirmed it yet, with capped exponential backoff, and commits nothing; reading pauses
+meanwhile, and the group membership stays alive.
 
 Undecodable or invalid messages become dead letters (raw bytes, reason, partition and offset);
 they are committed with their batch, so one bad record never stalls the stream.
@@ -21,19 +29,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import polars as pl
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from fraudstream.core.engine import Engine
 from fraudstream.core.errors import InvalidTransaction
 from fraudstream.core.events import Rejected, decode_transaction, event_time_us, to_frame
-from fraudstream.core.features import FeatureState
 from fraudstream.ports import DeadLetter, ScoredBatch, Sink, SinkUnavailable
 from fraudstream.runners.alignment import Arrival, EventTimeAligner
+from fraudstream.runners.stream_state import StreamState
 
 log = logging.getLogger("fraudstream.worker")
 
 EMPTY_MESSAGE = "message has no value"
 _FIRST_BACKOFF_S = 0.1
+_DECIDE = "_decide"
+_METADATA_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -42,10 +59,13 @@ class WorkerTotals:
 
     batches: int = 0
     scored: int = 0
+    folded: int = 0
+    """Messages that only advanced the state (other workers' partitions, or already committed)."""
     flagged: int = 0
     dead_letters: int = 0
     sink_retries: int = 0
     commit_failures: int = 0
+    restarts: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     """Time spent per stage (`poll`, `score`, each sink by class name, `commit`)."""
 
@@ -63,67 +83,222 @@ class Worker:
     def __init__(
         self,
         *,
-        consumer: Consumer,
+        group: Consumer,
+        reader: Consumer,
         topic: str,
         engine: Callable[[], Engine],
-        state: FeatureState,
+        state: StreamState,
         sinks: Sequence[Sink],
         max_batch: int = 1000,
         max_wait_s: float = 0.05,
         backoff_max_s: float = 5.0,
         max_idle_s: float = 1.0,
-        max_buffered: int = 20_000,
+        partition_buffer: int = 10_000,
+        end_grace_s: float = 0.2,
         on_assignment: Callable[[list[int]], None] | None = None,
     ) -> None:
-        self._consumer = consumer
+        self._group = group
+        self._reader = reader
         self._topic = topic
         self._engine = engine
-        self._state = state
+        self.state = state
         self._sinks = list(sinks)
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._backoff_max_s = backoff_max_s
         self._max_idle_s = max_idle_s
-        self._aligner = EventTimeAligner(max_buffered=max_buffered)
+        self._partition_buffer = partition_buffer
         self._on_assignment = on_assignment or (lambda _: None)
-        self.assignment: set[int] = set()
+        self._end_grace_s = end_grace_s
+        self._aligner = self._new_aligner()
+        self._partitions: set[int] = set()
+        self._floors: dict[int, int] = {}
+        """This worker's partitions -> the first offset it scores: the committed offset."""
+        self._expected: dict[int, int] = {}
+        self._held: set[int] = set()
+        """Partitions paused because their buffer is full."""
+        self._joined = False
+        self._restart_needed = True
         self.totals = WorkerTotals()
+
+    @property
+    def assignment(self) -> set[int]:
+        return set(self._floors)
 
     def run(self, stop: threading.Event) -> WorkerTotals:
         """Score batches until `stop` is set; the batch in hand is finished and committed
         first (unless a sink is down, when it is left uncommitted to be read again)."""
-        self._consumer.subscribe(
-            [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        self._group.subscribe(
+            [self._topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
         )
         last_release = time.monotonic()
         try:
             while not stop.is_set():
                 started = time.perf_counter()
-                self._poll()
+                self._serve_group(0.0 if self._joined else self._max_wait_s)
+                if not self._joined:
+                    continue
+                if self._restart_needed:
+                    self._restart()
+                    last_release = time.monotonic()  # the wait to join was not idleness
+                self._read()
                 self.totals.add_time("poll", started)
                 idle = time.monotonic() - last_release > self._max_idle_s
-                arrivals = self._aligner.release(self._max_batch, force=idle)
+                arrivals = self._aligner.release(
+                    self._max_batch, force=idle, now_s=time.monotonic()
+                )
                 if arrivals:
                     self.process(arrivals, stop)
                     last_release = time.monotonic()  # idle = waiting for data, not working
                 elif not self._aligner.buffered:
                     last_release = time.monotonic()
+                if self.state.checkpoint_due():
+                    self.state.save_checkpoint()
         finally:
-            self._consumer.close()  # leaves the group at once: partitions move without delay
+            if self._joined:
+                self.state.save_checkpoint()  # whoever starts next starts from here
+            self._group.close()  # leaves the group at once: partitions move without delay
+            self._reader.close()
             for sink in self._sinks:
                 sink.close()
         return self.totals
 
+    # -- the group: which partitions are ours ------------------------------------------------
+
+    def _serve_group(self, timeout_s: float) -> None:
+        """Let the group member run its callbacks and heartbeat; it fetches nothing."""
+        for message in self._group.consume(16, timeout_s):
+            error = message.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                log.warning("group consumer: %s", error)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions added (incrementally: the group rebalances cooperatively). Scoring starts
+        at each one's committed offset; if the state already folded past it, start over."""
+        consumer.incremental_assign(partitions)
+        consumer.pause(partitions)
+        self._joined = True
+        if partitions:
+            committed = consumer.committed(partitions, timeout=_METADATA_TIMEOUT_S)
+            for tp in committed:
+                floor = max(tp.offset, 0)  # nothing committed yet: score from the beginning
+                self._floors[tp.partition] = floor
+                if self.state.has_seen(tp.partition, floor) or tp.partition not in self._partitions:
+                    self._restart_needed = True
+        log.info("assigned %s; scoring %s", [p.partition for p in partitions], self._floors)
+        self._on_assignment(sorted(self._floors))
+
+    def _on_revoke(self, _: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away: from now on they are only folded. Nothing of theirs is in
+        flight (callbacks run between batches, after the commit)."""
+        for tp in partitions:
+            self._floors.pop(tp.partition, None)
+        log.info("revoked %s", sorted(p.partition for p in partitions))
+        self._on_assignment(sorted(self._floors))
+
+    # -- the reader: every partition, in event-time order --------------------------------------
+
+    def _restart(self) -> None:
+        """Rebuild the state to just before every committed offset of ours, and read every
+        partition on from where the state stops."""
+        self._restart_needed = False
+        self.totals.restarts += 1
+        self._partitions |= set(self._topic_partitions()) | set(self._floors)
+        self.state.restart(self._floors)
+        self._aligner = self._new_aligner()
+        self._aligner.assign([(self._topic, p) for p in self._partitions])
+        self._expected = {p: self.state.seen[p] for p in self._partitions if p in self.state.seen}
+        self._held = set()
+        self._reader.unassign()
+        self._reader.assign(
+            [
+                TopicPartition(self._topic, p, self.state.seen.get(p, OFFSET_BEGINNING))
+                for p in sorted(self._partitions)
+            ]
+        )
+        log.info(
+            "reading %d partitions from %s (checkpoint %s)",
+            len(self._partitions), self.state.seen or "the beginning", self.state.restored_from,
+        )  # fmt: skip
+
+    def _new_aligner(self) -> EventTimeAligner:
+        # Memory is bounded by pausing full partitions (`_hold_full_partitions`), not by
+        # releasing out of order.
+        return EventTimeAligner(max_buffered=1 << 62, end_grace_s=self._end_grace_s)
+
+    def _topic_partitions(self) -> list[int]:
+        metadata = self._reader.list_topics(self._topic, timeout=_METADATA_TIMEOUT_S)
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None:
+            raise KafkaException(topic.error if topic else f"topic {self._topic} not found")
+        return list(topic.partitions)
+
+    def _read(self) -> None:
+        """Decode what arrived into the aligner's partition buffers."""
+        for message in self._reader.consume(self._max_batch, self._max_wait_s):
+            partition = message.partition() or 0
+            key = (self._topic, partition)
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._aligner.reached_end(key)
+                else:
+                    log.warning("reader: %s", error)
+                continue
+            offset = message.offset() or 0
+            if offset < self._expected.get(partition, 0):
+                continue  # fetched before a restart moved the position back or on
+            self._expected[partition] = offset + 1
+            self._aligner.add(key, self._arrival(key, message))
+        self._hold_full_partitions()
+
+    def _hold_full_partitions(self) -> None:
+        """Pause a partition whose buffer is full, resume it once it drained to half: the
+        aligner then waits for slow partitions without holding the whole backlog in memory."""
+        for partition in self._partitions:
+            queued = self._aligner.queued((self._topic, partition))
+            tp = [TopicPartition(self._topic, partition)]
+            if partition not in self._held and queued >= self._partition_buffer:
+                self._reader.pause(tp)
+                self._held.add(partition)
+            elif partition in self._held and queued <= self._partition_buffer // 2:
+                self._reader.resume(tp)
+                self._held.discard(partition)
+
+    def _arrival(self, key: tuple[str, int], message: Message) -> Arrival:
+        try:
+            transaction = decode_transaction(message.value() or b"")
+        except InvalidTransaction as error:
+            rejected = Rejected(0, message.value() or b"", error)
+            return Arrival(message, None, rejected, self._aligner.frontier(key), time.monotonic())
+        return Arrival(message, transaction, None, event_time_us(transaction), time.monotonic())
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def _decides(self, message: Message) -> bool:
+        floor = self._floors.get(message.partition() or 0)
+        return floor is not None and (message.offset() or 0) >= floor
+
     def process(self, arrivals: list[Arrival], stop: threading.Event) -> bool:
-        """Score, write and commit one batch; False when it was abandoned (stop during an
+        """Fold, score, write and commit one batch; False when it was abandoned (stop during an
         outage), in which case nothing is committed and the batch will be read again."""
         started = time.perf_counter()
-        batch = self.score(arrivals)
+        decided = [self._decides(a.message) for a in arrivals]
+        batch = self.score(arrivals, decided)
+        for arrival in arrivals:
+            self.state.folded(arrival.message.partition() or 0, arrival.message.offset() or 0)
         self.totals.add_time("score", started)
+        mine = [a.message for a, d in zip(arrivals, decided, strict=True) if d]
+        self.totals.folded += len(arrivals) - len(mine)
+        if not mine:
+            return True
         if not self._write(batch, stop):
             return False
         started = time.perf_counter()
-        self._commit([arrival.message for arrival in arrivals])
+        self._commit(mine)
         self.totals.add_time("commit", started)
         self.totals.batches += 1
         self.totals.scored += batch.frame.height
@@ -131,52 +306,22 @@ class Worker:
         self.totals.dead_letters += len(batch.dead_letters)
         return True
 
-    def _poll(self) -> None:
-        """Decode what arrived into the aligner's partition buffers."""
-        for message in self._consumer.consume(self._max_batch, self._max_wait_s):
-            key = (message.topic() or "", message.partition() or 0)
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    self._aligner.reached_end(key)
-                else:
-                    log.warning("consumer error: %s", error)
-                continue
-            self._aligner.add(key, self._arrival(key, message))
-
-    def _arrival(self, key: tuple[str, int], message: Message) -> Arrival:
-        try:
-            transaction = decode_transaction(message.value() or b"")
-        except InvalidTransaction as error:
-            rejected = Rejected(0, message.value() or b"", error)
-            return Arrival(message, None, rejected, self._aligner.frontier(key))
-        return Arrival(message, transaction, None, event_time_us(transaction))
-
-    def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
-        """Partitions added (incrementally: the group rebalances cooperatively)."""
-        self.assignment |= {p.partition for p in partitions}
-        log.info("assigned partitions %s", sorted(self.assignment))
-        self._aligner.assign([(p.topic, p.partition) for p in partitions])
-        self._on_assignment(sorted(self.assignment))
-
-    def _on_revoke(self, _: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assignment -= {p.partition for p in partitions}
-        log.info("revoked partitions %s", sorted(p.partition for p in partitions))
-        self._aligner.revoke([(p.topic, p.partition) for p in partitions])
-        self._on_assignment(sorted(self.assignment))
-
-    def score(self, arrivals: list[Arrival]) -> ScoredBatch:
-        """Score the decoded arrivals; the others become dead letters."""
-        accepted = [a for a in arrivals if a.transaction is not None]
-        transactions = [a.transaction for a in accepted if a.transaction is not None]
+    def score(self, arrivals: list[Arrival], decided: list[bool]) -> ScoredBatch:
+        """Fold every decoded arrival into the state and score those `decided` marks; the
+        decided arrivals that did not decode become dead letters."""
+        accepted = [(a, d) for a, d in zip(arrivals, decided, strict=True) if a.transaction]
+        transactions = [a.transaction for a, _ in accepted if a.transaction is not None]
         letters = tuple(
             _dead_letter(a.message, a.rejected.error.reason, a.rejected.error.field)
-            for a in arrivals
-            if a.rejected is not None
+            for a, d in zip(arrivals, decided, strict=True)
+            if d and a.rejected is not None
         )
-        frame = to_frame(transactions).with_columns(_positions([a.message for a in accepted]))
+        frame = to_frame(transactions).with_columns(
+            *_positions([a.message for a, _ in accepted]),
+            pl.Series(_DECIDE, [d for _, d in accepted], dtype=pl.Boolean),
+        )
         frame = frame.sort("timestamp", maintain_order=True)
-        decisions = self._engine().process(frame, self._state)
+        decisions = self._engine().process(frame, self.state.features, decide=_DECIDE)
         decided_at = pl.lit(datetime.now(UTC)).dt.cast_time_unit("us").alias("decided_at")
         return ScoredBatch(decisions.outcome.with_columns(decided_at), letters)
 
@@ -203,28 +348,30 @@ class Worker:
         return True
 
     def _wait_paused(self, seconds: float, stop: threading.Event) -> bool:
-        """Keep the group membership alive without taking new messages; True if stopped."""
-        assignment = self._consumer.assignment()
-        self._consumer.pause(assignment)
+        """Keep the group membership alive without reading on; True if stopped."""
+        reading = self._reader.assignment()
+        self._reader.pause(reading)
         try:
             deadline = time.monotonic() + seconds
             while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
-                for message in self._consumer.consume(1, min(left, 0.2)):
-                    log.debug("paused consumer returned %s", message.error())
+                self._serve_group(min(left, 0.2))
             return stop.is_set()
         finally:
-            self._consumer.resume(self._consumer.assignment())
+            self._reader.resume([tp for tp in reading if tp.partition not in self._held])
 
     def _commit(self, messages: list[Message]) -> None:
         """Commit the next offset of every partition in the batch. A failure (the partition
         moved to another worker meanwhile) is logged: that worker re-reads, sinks dedupe."""
-        next_offsets: dict[tuple[str, int], int] = {}
+        next_offsets: dict[int, int] = {}
         for message in messages:
-            key = (message.topic(), message.partition())
-            next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+            partition = message.partition() or 0
+            next_offsets[partition] = max(next_offsets.get(partition, 0), message.offset() + 1)
+        offsets = [TopicPartition(self._topic, p, o) for p, o in next_offsets.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._group.commit(offsets=offsets, asynchronous=False)
+            for partition, offset in next_offsets.items():
+                if partition in self._floors:  # a restart re-scores from here, not from before
+                    self._floors[partition] = max(self._floors[partition], offset)
         except KafkaException as error:
             self.totals.commit_failures += 1
             log.warning("offset commit failed (%s): the batch will be read again", error)

@@ -43,6 +43,15 @@ from fraudstream.core.features.pool import (
     new_pool,
     retained_records,
 )
+from fraudstream.core.features.snapshot import (
+    Arrays,
+    check_same,
+    key_table_arrays,
+    pool_arrays,
+    restored_key_table,
+    restored_pool,
+    saved_array,
+)
 from fraudstream.core.features.walk import BatchColumns, Tables, evict_idle, walk_batch
 from fraudstream.core.text import hash_text
 
@@ -96,6 +105,11 @@ class FeatureColumns:
     def column(self, name: str) -> npt.NDArray[np.float64]:
         row: npt.NDArray[np.float64] = self.values[self.index[name]]
         return row
+
+    def select(self, rows: npt.NDArray[np.intp]) -> FeatureColumns:
+        """Only the given rows, in that order."""
+        values = np.ascontiguousarray(self.values[:, rows])
+        return FeatureColumns(self.names, self.index, values, self.late[rows], self.dtypes)
 
     def to_frame(self) -> pl.DataFrame:
         """Typed, nullable columns (NaN becomes null) plus `is_late`, built through Arrow."""
@@ -258,6 +272,52 @@ class FeatureState:
             account_windows=self._account_windows,
             place_windows=self._place_windows,
         )
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def snapshot(self) -> Arrays:
+        """The whole state as named arrays (views: copy or serialise before the next batch)."""
+        arrays: Arrays = {
+            "params": self._params,
+            "account_windows": self._account_windows,
+            "place_windows": self._place_windows,
+            "meta": self._meta,
+        }
+        for k, kind in enumerate(ENTITY_KINDS):
+            entities = self._entities[kind]
+            arrays |= key_table_arrays(f"{kind}.keys", entities.keys)
+            arrays[f"{kind}.ints"] = entities.ints
+            arrays[f"{kind}.floats"] = entities.floats
+            arrays |= pool_arrays(f"{kind}.events", self._events[k])
+        for b, pool in enumerate(self._buckets):
+            arrays |= pool_arrays(f"buckets{b}", pool)
+        arrays |= pool_arrays("novelty", self._novelty)
+        return arrays
+
+    @classmethod
+    def restore(
+        cls, config: FeatureConfig, arrays: Mapping[str, npt.NDArray[np.generic]]
+    ) -> FeatureState:
+        """The state a `snapshot` describes; `SnapshotError` when it was taken under another
+        feature configuration or is incomplete."""
+        state = cls(config, initial_entities=1)
+        for name in ("params", "account_windows", "place_windows"):
+            check_same(name, arrays, getattr(state, f"_{name}"))
+        state._meta[:] = saved_array(arrays, "meta", np.int64)
+        for k, kind in enumerate(ENTITY_KINDS):
+            entities = state._entities[kind]
+            entities.keys = restored_key_table(f"{kind}.keys", arrays)
+            entities.ints = saved_array(arrays, f"{kind}.ints", np.int64).copy()
+            entities.floats = saved_array(arrays, f"{kind}.floats", np.float64).copy()
+            state._events[k] = restored_pool(
+                f"{kind}.events", arrays, config.chunk_size, EVENT_FIELDS
+            )
+        for b in range(len(state._buckets)):
+            state._buckets[b] = restored_pool(
+                f"buckets{b}", arrays, BUCKET_CHUNK, BUCKET_RECORD_FIELDS
+            )
+        state._novelty = restored_pool("novelty", arrays, NOVELTY_CHUNK, NOVELTY_RECORD_FIELDS)
+        return state
 
     # -- housekeeping -----------------------------------------------------------------------
 

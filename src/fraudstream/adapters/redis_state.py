@@ -1,0 +1,148 @@
+"""Feature-state checkpoints in Redis, shared by every worker of a consumer group.
+
+Every worker keeps the state of the whole stream (see `runners/worker.py`), so any worker's
+checkpoint serves any other: a worker that restarts, or takes over partitions, loads the newest
+checkpoint it may use and reads the log on from the positions stored with it, instead of from the
+log's beginning.
+
+A checkpoint is the state's arrays as an `.npz` blob (plain arrays, loaded without pickle) and
+a small JSON document: for every partition the next offset the state has not seen, the worker
+that wrote it and when. An index (a sorted set by time) keeps the newest `keep` and a few older
+ones spaced by doubling spans of time; the rest are deleted as new ones arrive, and every key
+expires after `ttl_s` in case nothing arrives.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+log = logging.getLogger("fraudstream.state")
+_SCALES = 16
+"""Spans of 2, 4, ... 65 536 seconds (18 hours)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    id: str
+    offsets: dict[int, int]
+    """partition -> the first offset the state has not seen."""
+    worker: str
+    created_ms: int
+    size_bytes: int
+
+
+class CheckpointStore:
+    """Save and find feature-state checkpoints under one namespace (group and topic)."""
+
+    def __init__(self, url: str, namespace: str, keep: int = 6, ttl_s: int = 7 * 86_400) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=30)
+        self._ns = namespace
+        self._keep = keep
+        self._ttl_s = ttl_s
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._ns, *parts))
+
+    def save(
+        self, arrays: Mapping[str, npt.NDArray[np.generic]], offsets: Mapping[int, int], worker: str
+    ) -> CheckpointInfo:
+        """Store a checkpoint of `arrays` taken at `offsets`; returns what was stored."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        blob = buffer.getvalue()
+        info = CheckpointInfo(
+            id=f"{worker}-{uuid.uuid4().hex[:12]}",
+            offsets=dict(offsets),
+            worker=worker,
+            created_ms=int(time.time() * 1000),
+            size_bytes=len(blob),
+        )
+        meta = {
+            "offsets": {str(p): o for p, o in info.offsets.items()},
+            "worker": worker,
+            "created_ms": info.created_ms,
+            "size_bytes": info.size_bytes,
+        }
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(self._key("checkpoint", info.id, "state"), blob, ex=self._ttl_s)
+        pipe.set(self._key("checkpoint", info.id, "meta"), json.dumps(meta), ex=self._ttl_s)
+        pipe.zadd(self._key("checkpoints"), {info.id: info.created_ms})
+        pipe.expire(self._key("checkpoints"), self._ttl_s)
+        pipe.execute()
+        self._trim()
+        return info
+
+    def _trim(self) -> None:
+        """Keep the newest `keep`, and at every scale of 2^k seconds the first checkpoint of
+        each of the last two 2^k-second spans: a worker taking over a partition whose owner
+        died needs one from before that owner's last commit, which may be minutes old."""
+        index = self._key("checkpoints")
+        entries = [
+            (m.decode(), int(ms)) for m, ms in self._redis.zrange(index, 0, -1, withscores=True)
+        ]
+        kept = {checkpoint_id for checkpoint_id, _ in entries[-self._keep :]}
+        for scale in range(1, _SCALES + 1):
+            first_of_span: dict[int, str] = {}
+            for checkpoint_id, created_ms in entries:  # oldest first
+                first_of_span.setdefault(created_ms // (1000 << scale), checkpoint_id)
+            kept |= {first_of_span[span] for span in sorted(first_of_span)[-2:]}
+        old = [checkpoint_id for checkpoint_id, _ in entries if checkpoint_id not in kept]
+        if not old:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for checkpoint_id in old:
+            pipe.delete(self._key("checkpoint", checkpoint_id, "state"))
+            pipe.delete(self._key("checkpoint", checkpoint_id, "meta"))
+        pipe.zrem(index, *old)
+        pipe.execute()
+
+    def newest_first(self) -> Iterator[CheckpointInfo]:
+        """Every stored checkpoint, newest first."""
+        for raw_id in self._redis.zrevrange(self._key("checkpoints"), 0, -1):
+            checkpoint_id = raw_id.decode()
+            raw = self._redis.get(self._key("checkpoint", checkpoint_id, "meta"))
+            if raw is None:
+                continue  # trimmed or expired meanwhile
+            meta = json.loads(raw)
+            yield CheckpointInfo(
+                id=checkpoint_id,
+                offsets={int(p): int(o) for p, o in meta["offsets"].items()},
+                worker=str(meta["worker"]),
+                created_ms=int(meta["created_ms"]),
+                size_bytes=int(meta["size_bytes"]),
+            )
+
+    def newest_within(self, ceilings: Mapping[int, int]) -> CheckpointInfo | None:
+        """The newest checkpoint that has seen no offset at or past `ceilings[p]` of any given
+        partition (a partition it does not mention counts as unseen, offset 0)."""
+        for info in self.newest_first():
+            if all(info.offsets.get(p, 0) <= ceiling for p, ceiling in ceilings.items()):
+                return info
+        return None
+
+    def load(self, info: CheckpointInfo) -> dict[str, npt.NDArray[np.generic]] | None:
+        """The checkpoint's arrays, or None when it was deleted since it was listed."""
+        blob = self._redis.get(self._key("checkpoint", info.id, "state"))
+        if blob is None:
+            return None
+        with np.load(io.BytesIO(blob), allow_pickle=False) as loaded:
+            return {name: loaded[name] for name in loaded.files}
+
+    def clear(self) -> None:
+        """Delete every checkpoint of this namespace."""
+        keys = list(self._redis.scan_iter(match=self._key("*"), count=1000))
+        if keys:
+            self._redis.delete(*keys)
+
+    def close(self) -> None:
+        self._redis.close()
