@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -41,13 +42,13 @@ from confluent_kafka import (
 from fraudstream.core.engine import Engine
 from fraudstream.core.errors import InvalidTransaction
 from fraudstream.core.events import Rejected, decode_transaction, event_time_us, to_frame
-from fraudstream.ports import DeadLetter, ScoredBatch, Sink, SinkUnavailable
+from fraudstream.ports import ScoredBatch, Sink, SinkUnavailable
 from fraudstream.runners.alignment import Arrival, EventTimeAligner
+from fraudstream.runners.messages import dead_letter, positions
 from fraudstream.runners.stream_state import StreamState
 
 log = logging.getLogger("fraudstream.worker")
 
-EMPTY_MESSAGE = "message has no value"
 _FIRST_BACKOFF_S = 0.1
 _DECIDE = "_decide"
 _METADATA_TIMEOUT_S = 30.0
@@ -67,7 +68,8 @@ class WorkerTotals:
     commit_failures: int = 0
     restarts: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
-    """Time spent per stage (`poll`, `score`, each sink by class name, `commit`)."""
+    """Time spent per stage (`poll`, `score`, each sink by class name, `commit`); the sinks
+    write side by side, so their times overlap."""
 
     def add_time(self, stage: str, started: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
@@ -103,6 +105,7 @@ class Worker:
         self._engine = engine
         self.state = state
         self._sinks = list(sinks)
+        self._sink_threads = ThreadPoolExecutor(len(self._sinks) or 1, thread_name_prefix="sink")
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._backoff_max_s = backoff_max_s
@@ -162,6 +165,7 @@ class Worker:
                 self.state.save_checkpoint()  # whoever starts next starts from here
             self._group.close()  # leaves the group at once: partitions move without delay
             self._reader.close()
+            self._sink_threads.shutdown()
             for sink in self._sinks:
                 sink.close()
         return self.totals
@@ -312,12 +316,12 @@ class Worker:
         accepted = [(a, d) for a, d in zip(arrivals, decided, strict=True) if a.transaction]
         transactions = [a.transaction for a, _ in accepted if a.transaction is not None]
         letters = tuple(
-            _dead_letter(a.message, a.rejected.error.reason, a.rejected.error.field)
+            dead_letter(a.message, a.rejected.error.reason, a.rejected.error.field)
             for a, d in zip(arrivals, decided, strict=True)
             if d and a.rejected is not None
         )
         frame = to_frame(transactions).with_columns(
-            *_positions([a.message for a, _ in accepted]),
+            *positions([a.message for a, _ in accepted]),
             pl.Series(_DECIDE, [d for _, d in accepted], dtype=pl.Boolean),
         )
         frame = frame.sort("timestamp", maintain_order=True)
@@ -330,22 +334,40 @@ class Worker:
         pending = list(self._sinks)
         backoff = _FIRST_BACKOFF_S
         while pending:
-            sink = pending[0]
-            try:
-                started = time.perf_counter()
-                sink.write(batch)
-                self.totals.add_time(type(sink).__name__, started)
-                pending.pop(0)
-                backoff = _FIRST_BACKOFF_S
-            except SinkUnavailable as error:
-                self.totals.sink_retries += 1
-                self._aligner.forget_ends()  # messages keep arriving while we wait
-                log.warning("%s; retrying in %.1f s, offsets not committed", error, backoff)
-                if self._wait_paused(backoff, stop):
-                    log.warning("stopping during an outage: the batch will be read again")
-                    return False
-                backoff = min(2 * backoff, self._backoff_max_s)
+            failures = self._write_side_by_side(pending, batch)
+            pending = [sink for sink, _ in failures]
+            if not pending:
+                break
+            self.totals.sink_retries += 1
+            self._aligner.forget_ends()  # messages keep arriving while we wait
+            errors = "; ".join(str(error) for _, error in failures)
+            log.warning("%s; retrying in %.1f s, offsets not committed", errors, backoff)
+            if self._wait_paused(backoff, stop):
+                log.warning("stopping during an outage: the batch will be read again")
+                return False
+            backoff = min(2 * backoff, self._backoff_max_s)
         return True
+
+    def _write_side_by_side(
+        self, sinks: list[Sink], batch: ScoredBatch
+    ) -> list[tuple[Sink, SinkUnavailable]]:
+        """Write to every sink at once, each in its own thread (each mostly waits on its own
+        server); returns the sinks that could not confirm, with why."""
+        futures = [
+            (sink, self._sink_threads.submit(self._timed_write, sink, batch)) for sink in sinks
+        ]
+        failures = []
+        for sink, future in futures:
+            try:
+                future.result()
+            except SinkUnavailable as error:
+                failures.append((sink, error))
+        return failures
+
+    def _timed_write(self, sink: Sink, batch: ScoredBatch) -> None:
+        started = time.perf_counter()
+        sink.write(batch)
+        self.totals.add_time(type(sink).__name__, started)
 
     def _wait_paused(self, seconds: float, stop: threading.Event) -> bool:
         """Keep the group membership alive without reading on; True if stopped."""
@@ -375,34 +397,3 @@ class Worker:
         except KafkaException as error:
             self.totals.commit_failures += 1
             log.warning("offset commit failed (%s): the batch will be read again", error)
-
-
-def _positions(messages: list[Message]) -> list[pl.Series]:
-    """Source partition, offset and broker timestamp of each accepted message."""
-    return [
-        pl.Series("kafka_partition", [m.partition() for m in messages], dtype=pl.Int32),
-        pl.Series("kafka_offset", [m.offset() for m in messages], dtype=pl.Int64),
-        pl.Series("ingested_at", [_timestamp_us(m) for m in messages], dtype=pl.Int64).cast(
-            pl.Datetime("us", "UTC")
-        ),
-    ]
-
-
-def _timestamp_us(message: Message) -> int | None:
-    _, millis = message.timestamp()
-    return None if millis < 0 else millis * 1000
-
-
-def _dead_letter(message: Message, error: str, field: str) -> DeadLetter:
-    raw = message.value()
-    broker_us = _timestamp_us(message)
-    received = datetime.fromtimestamp(broker_us / 1e6, UTC) if broker_us else datetime.now(UTC)
-    return DeadLetter(
-        topic=message.topic() or "",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        raw=raw or b"",
-        error=error if raw else EMPTY_MESSAGE,
-        field=field if raw else "$",
-        received_at=received,
-    )
