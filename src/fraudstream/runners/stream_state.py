@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -26,6 +27,7 @@ import redis
 from fraudstream.adapters.redis_state import CheckpointStore
 from fraudstream.core.errors import SnapshotError
 from fraudstream.core.features import FeatureConfig, FeatureState
+from fraudstream.core.features.snapshot import Arrays
 
 log = logging.getLogger("fraudstream.state")
 
@@ -44,9 +46,12 @@ class StreamState:
     restored_from: str | None = field(init=False, default=None)
     _last_checkpoint: float = field(init=False, default=0.0)
     _saved_at: dict[int, int] = field(init=False, default_factory=dict)
+    _sender: ThreadPoolExecutor = field(init=False)
+    _sending: Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.features = FeatureState(self.config)
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
         self._last_checkpoint = time.monotonic()
 
     def folded(self, partition: int, offset: int) -> None:
@@ -83,18 +88,34 @@ class StreamState:
             and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_s
         )
 
-    def save_checkpoint(self) -> None:
-        """Store the state as it is now (call between batches). A failure is logged and the
-        stream goes on: a checkpoint only shortens a later rebuild."""
+    def save_checkpoint(self, wait: bool = False) -> None:
+        """Store the state as it is now (call between batches). The copy is taken here; it is
+        serialised and sent in the background (one at a time: while one is on its way, later
+        calls are skipped), unless `wait`. A failure is logged and the stream goes on: a
+        checkpoint only shortens a later rebuild."""
         if self.checkpoints is None:
             return
         self._last_checkpoint = time.monotonic()
+        if self._sending is not None and not self._sending.done():
+            if not wait:
+                return
+            self._sending.result()
         if not self.seen or self.seen == self._saved_at:
             return  # nothing folded since the last one
         self._saved_at = dict(self.seen)
+        self._sending = self._sender.submit(
+            self._send, self.checkpoints, self.features.snapshot(), dict(self.seen)
+        )
+        if wait:
+            self._sending.result()
+
+    def _send(self, store: CheckpointStore, arrays: Arrays, seen: dict[int, int]) -> None:
         try:
-            info = self.checkpoints.save(self.features.snapshot(), self.seen, self.worker)
+            info = store.save(arrays, seen, self.worker)
         except redis.RedisError as error:  # Redis down must not stop scoring
             log.warning("checkpoint not saved: %s", error)
             return
         log.info("checkpoint %s: %d bytes at %s", info.id, info.size_bytes, info.offsets)
+
+    def close(self) -> None:
+        self._sender.shutdown(wait=True)

@@ -162,7 +162,8 @@ class Worker:
                     self.state.save_checkpoint()
         finally:
             if self._joined:
-                self.state.save_checkpoint()  # whoever starts next starts from here
+                self.state.save_checkpoint(wait=True)  # whoever starts next starts from here
+            self.state.close()
             self._group.close()  # leaves the group at once: partitions move without delay
             self._reader.close()
             self._sink_threads.shutdown()

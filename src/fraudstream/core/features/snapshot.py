@@ -23,10 +23,10 @@ Arrays = dict[str, npt.NDArray[np.generic]]
 
 def key_table_arrays(prefix: str, keys: KeyTable) -> Arrays:
     return {
-        f"{prefix}.table": keys.table,
-        f"{prefix}.keys": keys.keys,
-        f"{prefix}.free": keys.free,
-        f"{prefix}.top": keys.top,
+        f"{prefix}.table": keys.table.copy(),
+        f"{prefix}.keys": keys.keys.copy(),
+        f"{prefix}.free": keys.free.copy(),
+        f"{prefix}.top": keys.top.copy(),
     }
 
 
@@ -40,28 +40,43 @@ def restored_key_table(prefix: str, arrays: Mapping[str, npt.NDArray[np.generic]
 
 
 def pool_arrays(prefix: str, pool: Pool) -> Arrays:
-    """A pool's records with each chunk's meta (length, next chunk, newest time) in front."""
+    """The chunks in use, each with its meta (length, next chunk, newest time) in front, and
+    their ids. Free chunks are left out: a pool doubles as it grows, so most of it may be free."""
     n_chunks, chunk_size, fields = pool.i.shape
-    block = np.zeros((n_chunks, chunk_size + 1, fields), np.int64)
-    block[:, 1:, :] = pool.i
-    block[:, 0, :META_FIELDS] = pool.m
-    return {f"{prefix}.block": block, f"{prefix}.free": pool.free, f"{prefix}.top": pool.top}
+    in_use = np.ones(n_chunks, np.bool_)
+    in_use[pool.free[: pool.top[0]]] = False
+    ids = np.flatnonzero(in_use).astype(np.int64)
+    block = np.zeros((ids.shape[0], chunk_size + 1, fields), np.int64)
+    block[:, 1:, :] = pool.i[ids]
+    block[:, 0, :META_FIELDS] = pool.m[ids]
+    return {
+        f"{prefix}.block": block,
+        f"{prefix}.ids": ids,
+        f"{prefix}.chunks": np.array([n_chunks], np.int64),
+    }
 
 
 def restored_pool(
     prefix: str, arrays: Mapping[str, npt.NDArray[np.generic]], chunk_size: int, fields: int
 ) -> Pool:
     block = saved_array(arrays, f"{prefix}.block", np.int64)
+    ids = saved_array(arrays, f"{prefix}.ids", np.int64)
+    n_chunks = int(saved_array(arrays, f"{prefix}.chunks", np.int64)[0])
     if block.ndim != 3 or block.shape[1:] != (chunk_size + 1, fields):
         raise SnapshotError(
             f"{prefix}: chunks of shape {block.shape[1:]}, this configuration builds "
             f"{(chunk_size + 1, fields)}"
         )
-    pool = new_pool(block.shape[0], chunk_size, fields)
-    pool.i[:] = block[:, 1:, :]
-    pool.m[:] = block[:, 0, :META_FIELDS]
-    pool.free[:] = saved_array(arrays, f"{prefix}.free", np.int64)
-    pool.top[:] = saved_array(arrays, f"{prefix}.top", np.int64)
+    if ids.shape[0] != block.shape[0] or (ids.size and not 0 <= ids.min() <= ids.max() < n_chunks):
+        raise SnapshotError(f"{prefix}: chunk ids do not match the chunks stored")
+    pool = new_pool(n_chunks, chunk_size, fields)
+    pool.i[ids] = block[:, 1:, :]
+    pool.m[ids] = block[:, 0, :META_FIELDS]
+    in_use = np.zeros(n_chunks, np.bool_)
+    in_use[ids] = True
+    free = np.flatnonzero(~in_use)[::-1]  # lowest id on top, as a fresh pool hands them out
+    pool.free[: free.shape[0]] = free
+    pool.top[0] = free.shape[0]
     return pool
 
 

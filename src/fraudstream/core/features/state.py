@@ -276,18 +276,18 @@ class FeatureState:
     # -- checkpoints ------------------------------------------------------------------------
 
     def snapshot(self) -> Arrays:
-        """The whole state as named arrays (views: copy or serialise before the next batch)."""
+        """The whole state as named arrays, copied: safe to serialise while batches go on."""
         arrays: Arrays = {
-            "params": self._params,
-            "account_windows": self._account_windows,
-            "place_windows": self._place_windows,
-            "meta": self._meta,
+            "params": self._params.copy(),
+            "account_windows": self._account_windows.copy(),
+            "place_windows": self._place_windows.copy(),
+            "meta": self._meta.copy(),
         }
         for k, kind in enumerate(ENTITY_KINDS):
             entities = self._entities[kind]
             arrays |= key_table_arrays(f"{kind}.keys", entities.keys)
-            arrays[f"{kind}.ints"] = entities.ints
-            arrays[f"{kind}.floats"] = entities.floats
+            arrays[f"{kind}.ints"] = entities.ints.copy()
+            arrays[f"{kind}.floats"] = entities.floats.copy()
             arrays |= pool_arrays(f"{kind}.events", self._events[k])
         for b, pool in enumerate(self._buckets):
             arrays |= pool_arrays(f"buckets{b}", pool)

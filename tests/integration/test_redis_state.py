@@ -1,0 +1,66 @@
+"""Checkpoints in a real Redis: stored, found by the offsets they have seen, thinned by age."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import redis
+
+from fraudstream.adapters.redis_state import CheckpointStore
+from fraudstream.stack import Endpoints
+
+
+def _store(endpoints: Endpoints, keep: int = 3) -> tuple[CheckpointStore, str]:
+    namespace = f"test:{uuid.uuid4().hex[:8]}"
+    return CheckpointStore(endpoints.redis_url, namespace, keep=keep), namespace
+
+
+def test_a_checkpoint_comes_back_as_saved_and_is_found_below_the_ceilings(
+    endpoints: Endpoints,
+) -> None:
+    store, _ = _store(endpoints)
+    arrays = {"a": np.arange(5, dtype=np.int64), "b": np.linspace(0, 1, 3)}
+    first = store.save(arrays, {0: 10, 1: 20}, "worker-0")
+    second = store.save(arrays, {0: 30, 1: 25}, "worker-1")
+    assert [info.id for info in store.newest_first()] == [second.id, first.id]
+    loaded = store.load(second)
+    assert loaded is not None and set(loaded) == {"a", "b"}
+    assert np.array_equal(loaded["a"], arrays["a"]) and np.array_equal(loaded["b"], arrays["b"])
+    assert store.newest_within({0: 30}) == second
+    assert store.newest_within({0: 29}) == first, "second has seen offset 29 of partition 0"
+    assert store.newest_within({1: 19}) is None
+    assert store.newest_within({2: 0}) == second, "an unmentioned partition is unseen"
+    store.clear()
+    assert store.newest_within({}) is None
+    store.close()
+
+
+def test_old_checkpoints_are_thinned_to_a_few_spaced_by_doubling_age(
+    endpoints: Endpoints,
+) -> None:
+    """An hour of checkpoints every 10 s: the newest few stay, and older ones at every scale
+    of age, so a worker whose partner died minutes ago still finds one from before."""
+    store, namespace = _store(endpoints, keep=3)
+    client = redis.Redis.from_url(endpoints.redis_url)
+    index = f"{namespace}:checkpoints"
+    writer = CheckpointStore(endpoints.redis_url, namespace, keep=1_000)  # no thinning yet
+    saved = [writer.save({"x": np.zeros(1)}, {0: i}, "worker-0") for i in range(360)]
+    writer.close()
+    newest_ms = saved[-1].created_ms
+    # Pretend they were written 10 s apart, the newest now, then let one more save trim them.
+    client.zadd(index, {info.id: newest_ms - 10_000 * (359 - i) for i, info in enumerate(saved)})
+    newest = store.save({"x": np.zeros(1)}, {0: 360}, "worker-0")
+    kept = list(store.newest_first())
+    pretended_age_s = {info.id: 10 * (359 - i) for i, info in enumerate(saved)}
+    ages_s = sorted(pretended_age_s[info.id] for info in kept[1:])
+    assert kept[0].id == newest.id and kept[1].id == saved[-1].id
+    assert len(kept) < 40, f"{len(kept)} checkpoints kept"
+    for age in (30, 120, 600, 1800):
+        assert any(age / 2 <= a <= 2 * age for a in ages_s), f"nothing about {age} s old"
+    for info in saved:
+        if info.id not in {k.id for k in kept}:
+            assert client.get(f"{namespace}:checkpoint:{info.id}:state") is None
+    store.clear()
+    client.close()
+    store.close()
