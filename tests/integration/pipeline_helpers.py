@@ -47,6 +47,12 @@ class TestPipeline:
         assert row is not None
         return int(row[0])
 
+    def holds(self, transactions: int, dead_letters: int) -> bool:
+        """At least this many rows in `transactions` and in `dead_letters`."""
+        return self.count("transactions") >= transactions and (
+            self.count("dead_letters") >= dead_letters
+        )
+
     def query(self, sql: str) -> list[tuple[object, ...]]:
         with psycopg.connect(self.postgres_url, autocommit=True) as connection:
             return connection.execute(sql).fetchall()  # type: ignore[arg-type]

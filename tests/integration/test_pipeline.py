@@ -50,13 +50,11 @@ def test_two_workers_store_every_transaction_once_and_flag_every_velocity_attack
             producer.publish(stream.transactions.head(half), rate=RATE)
             pipeline.publish_raw(MALFORMED)
             producer.publish(stream.transactions.slice(half), rate=RATE)
-
-            def stored() -> bool:
-                return pipeline.count("transactions") >= total and pipeline.count(
-                    "dead_letters"
-                ) >= len(MALFORMED)
-
-            wait_for(stored, 180, "every transaction and dead letter stored")
+            wait_for(
+                lambda: pipeline.holds(total, len(MALFORMED)),
+                180,
+                "every transaction and dead letter stored",
+            )
         finally:
             codes = workers.stop()
         assert codes == [0, 0], "workers must finish their batch and exit 0 on SIGTERM"

@@ -63,13 +63,11 @@ def test_a_worker_killed_three_times_changes_no_row_and_no_decision(
                 workers.restart(1)
             producer.join(120)
             assert producer.error is None and producer.report.sent == total
-
-            def stored() -> bool:
-                return pipeline.count("transactions") >= total and pipeline.count(
-                    "dead_letters"
-                ) >= len(MALFORMED)
-
-            wait_for(stored, 240, "every transaction and dead letter stored")
+            wait_for(
+                lambda: pipeline.holds(total, len(MALFORMED)),
+                240,
+                "every transaction and dead letter stored",
+            )
         finally:
             producer.stop()
             codes = workers.stop()
