@@ -54,8 +54,10 @@ class StreamState:
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
         self._last_checkpoint = time.monotonic()
 
-    def folded(self, partition: int, offset: int) -> None:
-        self.seen[partition] = max(self.seen.get(partition, 0), offset + 1)
+    def folded(self, next_offsets: Mapping[int, int]) -> None:
+        """The state has folded every message before `next_offsets[p]` of each partition p."""
+        for partition, offset in next_offsets.items():
+            self.seen[partition] = max(self.seen.get(partition, 0), offset)
 
     def has_seen(self, partition: int, offset: int) -> bool:
         return self.seen.get(partition, 0) > offset

@@ -265,12 +265,11 @@ class Worker:
         aligner then waits for slow partitions without holding the whole backlog in memory."""
         for partition in self._partitions:
             queued = self._aligner.queued((self._topic, partition))
-            tp = [TopicPartition(self._topic, partition)]
             if partition not in self._held and queued >= self._partition_buffer:
-                self._reader.pause(tp)
+                self._reader.pause([TopicPartition(self._topic, partition)])
                 self._held.add(partition)
             elif partition in self._held and queued <= self._partition_buffer // 2:
-                self._reader.resume(tp)
+                self._reader.resume([TopicPartition(self._topic, partition)])
                 self._held.discard(partition)
 
     def _arrival(self, key: tuple[str, int], message: Message) -> Arrival:
@@ -293,8 +292,7 @@ class Worker:
         started = time.perf_counter()
         decided = [self._decides(a.message) for a in arrivals]
         batch = self.score(arrivals, decided)
-        for arrival in arrivals:
-            self.state.folded(arrival.message.partition() or 0, arrival.message.offset() or 0)
+        self.state.folded(_next_offsets([a.message for a in arrivals]))
         self.totals.add_time("score", started)
         mine = [a.message for a, d in zip(arrivals, decided, strict=True) if d]
         self.totals.folded += len(arrivals) - len(mine)
@@ -385,10 +383,7 @@ class Worker:
     def _commit(self, messages: list[Message]) -> None:
         """Commit the next offset of every partition in the batch. A failure (the partition
         moved to another worker meanwhile) is logged: that worker re-reads, sinks dedupe."""
-        next_offsets: dict[int, int] = {}
-        for message in messages:
-            partition = message.partition() or 0
-            next_offsets[partition] = max(next_offsets.get(partition, 0), message.offset() + 1)
+        next_offsets = _next_offsets(messages)
         offsets = [TopicPartition(self._topic, p, o) for p, o in next_offsets.items()]
         try:
             self._group.commit(offsets=offsets, asynchronous=False)
@@ -398,3 +393,12 @@ class Worker:
         except KafkaException as error:
             self.totals.commit_failures += 1
             log.warning("offset commit failed (%s): the batch will be read again", error)
+
+
+def _next_offsets(messages: list[Message]) -> dict[int, int]:
+    """Per partition, the offset after the last of `messages`."""
+    next_offsets: dict[int, int] = {}
+    for message in messages:
+        partition = message.partition() or 0
+        next_offsets[partition] = max(next_offsets.get(partition, 0), (message.offset() or 0) + 1)
+    return next_offsets
