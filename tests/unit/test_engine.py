@@ -130,12 +130,12 @@ _MIXED_RULES = """
 version: "mixed-1"
 rules:
   - id: risky_country
-    description: IN lists are outside the NumPy subset, so Polars evaluates this rule.
+    description: IN lists are outside the compiled subset, so Polars evaluates this rule.
     expression: country IN ('KP', 'IR') AND amount > 100
     score: 50
     action: review
   - id: online_large
-    description: Evaluated as NumPy columns (or row by row in tiny batches).
+    description: Evaluated by the compiled bytecode kernel.
     expression: NOT card_present AND amount > 1000
     score: 30
     action: review

@@ -166,7 +166,7 @@ class _BatchInputs:
     """One batch as rules read it: the kernel's feature arrays and the transaction columns.
 
     Arrays are converted once per batch and only when a rule asks; the Polars frame of all
-    columns is built only for rules outside the NumPy subset, a model, or `Decisions.frame`.
+    columns is built only for rules outside the compiled subset, a model, or `Decisions.frame`.
     """
 
     def __init__(self, batch: pl.DataFrame, features: FeatureColumns) -> None:

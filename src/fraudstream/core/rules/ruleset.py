@@ -7,7 +7,7 @@ on what else happens to be in the batch) and that it yields a Boolean. A null an
 feature that is unknown) counts as not fired.
 
 Two evaluators: `evaluate(frame)` runs every rule in one Polars `select`; `evaluate_batch`
-(the engine's) runs the rules `vector.py` can compile as NumPy programs over the engine's
+(the engine's) runs the rules `vector.py` compiles to bytecode (`bytecode.py`) over the engine's
 arrays and only the rest through Polars, because Polars' fixed cost per expression would
 otherwise dominate small batches.
 """
@@ -30,11 +30,10 @@ from fraudstream.core.events import TRANSACTION_SCHEMA
 from fraudstream.core.rules.spec import Rule, RulesetSpec
 from fraudstream.core.rules.vector import (
     ColumnSource,
-    Reader,
+    ProgramSet,
     RuleProgram,
     UnsupportedError,
     compile_rule,
-    fired,
 )
 
 _log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ _MASK_MIN_ROWS: Final = 256
 
 
 class RuleInputs(ColumnSource, Protocol):
-    """A batch as the engine holds it: arrays for NumPy rules, a frame on demand for Polars."""
+    """A batch as the engine holds it: arrays for compiled rules, a frame on demand for Polars."""
 
     @property
     def rows(self) -> int: ...
@@ -161,7 +160,10 @@ class _FiredIds:
 class CompiledRuleset:
     """The enabled rules of a spec as ready-made Polars expressions. Immutable once built."""
 
-    __slots__ = ("_columns_used", "_exprs", "_fired", "_programs", "_rules", "_spec")
+    __slots__ = (
+        "_columns_used", "_compiled", "_exprs", "_fired", "_in_polars", "_programs",
+        "_programs_set", "_rules", "_spec",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -175,6 +177,9 @@ class CompiledRuleset:
         self._programs = tuple(program for _, _, program in compiled)
         self._columns_used = columns_used
         self._fired = _FiredIds([rule.id for rule in self._rules])
+        self._compiled = [j for j, program in enumerate(self._programs) if program is not None]
+        self._in_polars = [j for j, program in enumerate(self._programs) if program is None]
+        self._programs_set = ProgramSet([p for p in self._programs if p is not None])
 
     @property
     def spec(self) -> RulesetSpec:
@@ -224,28 +229,24 @@ class CompiledRuleset:
 
     @property
     def polars_rule_ids(self) -> tuple[str, ...]:
-        """The rules outside the NumPy subset, which `evaluate_batch` hands to Polars."""
-        return tuple(r.id for r, p in zip(self._rules, self._programs, strict=True) if p is None)
+        """The rules outside the compiled subset, which `evaluate_batch` hands to Polars."""
+        return tuple(self._rules[j].id for j in self._in_polars)
 
     def evaluate_batch(self, inputs: RuleInputs) -> tuple[npt.NDArray[np.bool_], dict[str, str]]:
         """Hits as a (rows, rules) Boolean matrix, and the rules that failed with the reason.
 
-        Same answers as `evaluate` (a failed rule has not fired); NumPy where it can, Polars
-        for the rest.
+        Same answers as `evaluate` (a failed rule has not fired); compiled bytecode where it
+        can, Polars for the rest.
         """
         rows = inputs.rows
-        hits = np.zeros((rows, len(self._rules)), dtype=np.bool_)
-        errors: dict[str, str] = {}
-        left_to_polars: list[int] = []
-        reader = Reader(inputs)
-        for j, program in enumerate(self._programs):
-            if program is None:
-                left_to_polars.append(j)
-                continue
-            try:
-                hits[:, j] = fired(program, reader, rows)
-            except Exception as error:  # one bad rule must not stop the batch
-                errors[self._rules[j].id] = f"{type(error).__name__}: {error}"
+        compiled_hits, failed = self._programs_set.run(inputs, rows)
+        if not self._in_polars:
+            hits = compiled_hits
+        else:
+            hits = np.zeros((rows, len(self._rules)), dtype=np.bool_)
+            hits[:, self._compiled] = compiled_hits
+        errors = {self._rules[self._compiled[k]].id: reason for k, reason in failed.items()}
+        left_to_polars = self._in_polars
         if left_to_polars:
             frame = inputs.frame()
             self._check_frame(frame)
@@ -311,7 +312,7 @@ def compile_ruleset(
 
 
 def _numpy_program(rule: Rule, schema: Mapping[str, pl.DataType]) -> RuleProgram | None:
-    """The rule as a NumPy program, or None when it needs Polars (see `vector.py`)."""
+    """The rule as bytecode, or None when it needs Polars (see `vector.py`)."""
     try:
         return compile_rule(pl.sql_expr(rule.expression), schema)
     except UnsupportedError as reason:

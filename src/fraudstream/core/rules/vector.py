@@ -1,9 +1,10 @@
-"""Rules evaluated with NumPy: the common subset of the rule language, without Polars.
+"""Rules compiled to bytecode: the common subset of the rule language, without Polars.
 
 Polars charges a fixed cost per expression per call (tens of microseconds on this hardware),
 which is the whole budget of a batch of one. Most rules are comparisons and arithmetic on
 numbers joined by AND / OR / NOT; those are compiled here, from the expression tree Polars'
-own SQL parser built (`Expr.meta.serialize`), into NumPy operations with Polars' semantics:
+own SQL parser built (`Expr.meta.serialize`), into bytecode that one compiled kernel runs
+with Polars' semantics (`bytecode.py`):
 
 - three-valued logic: a null operand gives a null result, except FALSE AND null = FALSE and
   TRUE OR null = TRUE; a rule whose answer is null has not fired;
@@ -25,50 +26,41 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
-import numpy as np
-import numpy.typing as npt
 import polars as pl
 
-from fraudstream.core.rules.evaluation import (
-    Bools,
-    ColumnSource,
-    Program,
-    Reader,
-    Row,
-    Scalar,
-    UnsupportedError,
-    Value,
+from fraudstream.core.rules.bytecode import (
+    ABS,
+    ADD,
+    AND,
+    COALESCE,
+    CONST,
+    DIV,
+    EQ,
+    GE,
+    GT,
+    IS_NOT_NULL,
+    IS_NULL,
+    LE,
+    LOAD,
+    LOAD_BOOL,
+    LT,
+    MAX_STACK,
+    MUL,
+    NE,
+    NOT,
+    OR,
+    SUB,
+    Input,
+    ProgramSet,
+    RuleProgram,
 )
-from fraudstream.core.rules.operations import (
-    ARITHMETIC,
-    ARITHMETIC_ONE,
-    COMPARISONS,
-    TRUE,
-    abs_,
-    abs_one,
-    and_,
-    and_one,
-    arithmetic,
-    arithmetic_one,
-    comparison,
-    comparison_one,
-    is_null,
-    is_null_one,
-    never,
-    not_,
-    not_one,
-    or_,
-    or_one,
-    text_known,
-    text_one,
-)
+from fraudstream.core.rules.evaluation import Bools, ColumnSource, UnsupportedError
 
 __all__ = [
-    "SCALAR_ROWS",
     "ColumnSource",
-    "Reader",
+    "ProgramSet",
     "RuleProgram",
     "UnsupportedError",
     "compile_rule",
@@ -76,57 +68,56 @@ __all__ = [
 ]
 
 Kind = Literal["int", "float", "bool", "str", "decimal"]
+Code = tuple[tuple[int, int], ...]
 
 _MAX_EXACT_INT = 2**53
-
-
-@dataclass(frozen=True, slots=True)
-class RuleProgram:
-    """A compiled rule: the column-wise program and its one-row twin."""
-
-    vector: Program
-    scalar: Scalar
+_ARITHMETIC = {"Plus": ADD, "Minus": SUB, "Multiply": MUL, "Mul": MUL, "Div": DIV,
+               "TrueDivide": DIV}  # fmt: skip
+_COMPARISONS = {"Gt": GT, "GtEq": GE, "Lt": LT, "LtEq": LE, "Eq": EQ, "NotEq": NE}
 
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
     kind: Kind
-    run: Program
-    scalar: Scalar
+    code: Code
+    """Postfix instructions; empty for a string column or literal (only read by `=`)."""
+    depth: int
+    """The stack depth the code needs."""
     constant: object = None
-    """The literal's value for literals (a Fraction for decimals), else None."""
-    may_be_nan: bool = False
-    """Only arithmetic makes a NaN (0/0, inf - inf); inputs carry NaN only as null."""
-
-
-SCALAR_ROWS: Final = 4
-"""Up to this many rows, rules run row by row on Python scalars."""
+    """The literal's value for literals (a Fraction for decimals), the column name for a
+    string column, else None."""
+    is_column: bool = False
 
 
 def compile_rule(expression: pl.Expr, schema: Mapping[str, pl.DataType]) -> RuleProgram:
-    """NumPy and scalar programs for a Boolean rule expression, or `UnsupportedError`."""
+    """The bytecode of a Boolean rule expression, or `UnsupportedError`."""
     tree = json.loads(expression.meta.serialize(format="json"))
-    compiled = _Compiler(schema).node(tree)
+    compiler = _Compiler(schema)
+    compiled = compiler.node(tree)
     if compiled.kind != "bool":
         raise UnsupportedError(f"the expression yields {compiled.kind}, not a Boolean")
-    return RuleProgram(compiled.run, compiled.scalar)
+    if compiled.depth > MAX_STACK:
+        raise UnsupportedError(f"an expression nested deeper than {MAX_STACK}")
+    return RuleProgram(
+        compiled.code, tuple(compiler.inputs), tuple(compiler.constants), compiled.depth
+    )
 
 
-def fired(program: RuleProgram, reader: Reader, rows: int, *, scalar: bool | None = None) -> Bools:
-    """Where the rule is TRUE (null counts as not fired), as a column of `rows`.
-
-    `scalar` forces one path (tests compare both); by default small batches go row by row.
-    """
-    if scalar if scalar is not None else rows <= SCALAR_ROWS:
-        return np.array([program.scalar(reader.row(r)) is True for r in range(rows)], np.bool_)
-    result = program.vector(reader)
-    hit = np.logical_and(result.values, result.known)
-    return np.broadcast_to(hit, (rows,))
+def fired(program: RuleProgram, source: ColumnSource, rows: int) -> Bools:
+    """Where the rule is TRUE (null counts as not fired), as a column of `rows`."""
+    hits, failed = ProgramSet([program]).run(source, rows)
+    if failed:
+        raise UnsupportedError(failed[0])
+    return hits[:, 0]
 
 
 class _Compiler:
+    """Compiles one rule; collects the inputs and constants its code refers to."""
+
     def __init__(self, schema: Mapping[str, pl.DataType]) -> None:
         self._schema = schema
+        self.inputs: list[Input] = []
+        self.constants: list[float] = []
 
     def node(self, tree: object) -> Compiled:
         if not isinstance(tree, dict) or len(tree) != 1:
@@ -143,29 +134,22 @@ class _Compiler:
             raise UnsupportedError(f"expression node {tag}")
         return handler(body)
 
+    def _load(self, spec: Input, op: int = LOAD) -> Code:
+        if spec not in self.inputs:
+            self.inputs.append(spec)
+        return ((op, self.inputs.index(spec)),)
+
     # -- leaves -------------------------------------------------------------------------
 
     def _column(self, name: object) -> Compiled:
         if not isinstance(name, str) or name not in self._schema:
             raise UnsupportedError(f"column {name!r}")
         kind = _kind_of(self._schema[name])
-
-        if kind == "str":
-
-            def no_direct_use(source: object) -> Value:
-                raise UnsupportedError("a string column outside `column = 'text'`")
-
-            return Compiled("str", no_direct_use, no_direct_use, constant=name)
-
-        boolean = kind == "bool"
-
-        def read(source: Reader) -> Value:
-            return source.number(name, boolean=boolean)
-
-        def read_one(row: Row) -> Any:
-            return row.number(name, boolean=boolean)
-
-        return Compiled(kind, read, read_one)
+        if kind == "str":  # read only through `column = 'text'` or IS NULL
+            return Compiled("str", (), 1, constant=name, is_column=True)
+        if kind == "bool":
+            return Compiled(kind, self._load(Input("bool", name), LOAD_BOOL), 1)
+        return Compiled(kind, self._load(Input("number", name)), 1)
 
     def _literal(self, body: object) -> Compiled:
         if not isinstance(body, dict) or len(body) != 1:
@@ -175,17 +159,21 @@ class _Compiler:
             raise UnsupportedError(f"{form} literal")
         ((type_name, raw),) = inner.items()
         if type_name == "Int" and isinstance(raw, int) and abs(raw) < _MAX_EXACT_INT:
-            return _constant("int", np.array(float(raw)), raw)
+            return self._constant("int", float(raw), raw)
         if type_name == "Float" and isinstance(raw, float):
-            return _constant("float", np.array(raw), raw)
+            return self._constant("float", raw, raw)
         if type_name == "Boolean" and isinstance(raw, bool):
-            return _constant("bool", np.array(raw), raw)
+            return self._constant("bool", float(raw), raw)
         if type_name == "String" and isinstance(raw, str):
-            return Compiled("str", never, never, constant=raw)
+            return Compiled("str", (), 1, constant=raw)
         if type_name == "Decimal" and isinstance(raw, list) and len(raw) == 3:
             value = Fraction(int(raw[0]), 10 ** int(raw[2]))
-            return _constant("decimal", np.array(float(value)), value)
+            return self._constant("decimal", float(value), value)
         raise UnsupportedError(f"literal of type {type_name}")
+
+    def _constant(self, kind: Kind, value: float, literal: object) -> Compiled:
+        self.constants.append(value)
+        return Compiled(kind, ((CONST, len(self.constants) - 1),), 1, constant=literal)
 
     # -- operators ----------------------------------------------------------------------
 
@@ -198,14 +186,10 @@ class _Compiler:
         if op in ("And", "LogicalAnd", "Or", "LogicalOr"):
             if left.kind != "bool" or right.kind != "bool":
                 raise UnsupportedError(f"{op} of {left.kind} and {right.kind}")
-            if "And" in op:
-                return Compiled(
-                    "bool", and_(left.run, right.run), and_one(left.scalar, right.scalar)
-                )
-            return Compiled("bool", or_(left.run, right.run), or_one(left.scalar, right.scalar))
-        if op in COMPARISONS:
+            return _binary("bool", AND if "And" in op else OR, left, right)
+        if op in _COMPARISONS:
             return self._compare(op, left, right)
-        if op in ARITHMETIC:
+        if op in _ARITHMETIC:
             return self._arithmetic(op, left, right)
         raise UnsupportedError(f"operator {op}")
 
@@ -217,35 +201,23 @@ class _Compiler:
                 raise UnsupportedError(f"{op} of {left.kind} and {right.kind}")
         else:
             _check_decimal_comparison(left, right)
-        nan_aware = (left.may_be_nan or right.may_be_nan) and left.kind != "bool"
-        return Compiled(
-            "bool",
-            comparison(op, left.run, right.run, nan_aware=nan_aware),
-            comparison_one(op, left.scalar, right.scalar, nan_aware=nan_aware),
-        )
+        return _binary("bool", _COMPARISONS[op], left, right)
 
     def _compare_text(self, op: str, left: Compiled, right: Compiled) -> Compiled:
         """Only `column = 'text'` (either way round, or <>) is done here."""
-        column, text = (left, right) if left.run is not never else (right, left)
+        column, text = (left, right) if left.is_column else (right, left)
         if (
             op not in ("Eq", "NotEq")
             or column.kind != "str"
             or text.kind != "str"
-            or column.run is never
-            or text.run is not never
+            or not column.is_column
+            or text.is_column
         ):
             raise UnsupportedError(f"{op} on strings other than column = 'text'")
-        name, literal, negate = str(column.constant), str(text.constant), op == "NotEq"
-
-        def equals(source: Reader) -> Value:
-            value = source.equals(name, literal)
-            return Value(~value.values, value.known) if negate else value
-
-        def equals_one(row: Row) -> bool | None:
-            hit = row.equals(name, literal)
-            return None if hit is None else hit != negate
-
-        return Compiled("bool", equals, equals_one)
+        code = self._load(Input("text", str(column.constant), str(text.constant)), LOAD_BOOL)
+        if op == "NotEq":
+            code += ((NOT, 0),)
+        return Compiled("bool", code, 1)
 
     def _arithmetic(self, op: str, left: Compiled, right: Compiled) -> Compiled:
         kinds = {left.kind, right.kind}
@@ -254,9 +226,7 @@ class _Compiler:
         if "decimal" in kinds and kinds != {"decimal", "float"}:
             raise UnsupportedError(f"{op} of a decimal literal with {left.kind} and {right.kind}")
         kind: Kind = "int" if kinds == {"int"} and op != "Div" else "float"
-        run = arithmetic(ARITHMETIC[op], left.run, right.run)
-        one = arithmetic_one(ARITHMETIC_ONE[op], left.scalar, right.scalar)
-        return Compiled(kind, run, one, may_be_nan=True)
+        return _binary(kind, _ARITHMETIC[op], left, right)
 
     def _function(self, body: dict[str, Any]) -> Compiled:
         function, inputs = body.get("function"), body.get("input")
@@ -273,27 +243,23 @@ class _Compiler:
                 return self._apply(str(name["Binary"]), args[0], args[1])
         if function == "Abs" and len(args) == 1 and args[0].kind in ("int", "float"):
             arg = args[0]
-            return Compiled(arg.kind, abs_(arg.run), abs_one(arg.scalar), may_be_nan=arg.may_be_nan)
+            return Compiled(arg.kind, (*arg.code, (ABS, 0)), arg.depth)
         if function == "Coalesce" and args:
             return _coalesce(args)
         raise UnsupportedError(f"function {str(function)[:40]}")
 
     def _boolean_function(self, name: str, args: list[Compiled]) -> Compiled:
-        if len(args) != 1 or args[0].run is never:
+        if len(args) != 1 or (args[0].kind == "str" and not args[0].is_column):
             raise UnsupportedError(f"{name} here")
         (arg,) = args
         if name == "Not" and arg.kind == "bool":
-            return Compiled("bool", not_(arg.run), not_one(arg.scalar))
+            return Compiled("bool", (*arg.code, (NOT, 0)), arg.depth)
         if name in ("IsNull", "IsNotNull"):
-            negate = name == "IsNotNull"
-            if arg.kind == "str":
-                column = str(arg.constant)
-                operand, operand_one = text_known(column), text_one(column)
-            else:
-                operand, operand_one = arg.run, arg.scalar
-            return Compiled(
-                "bool", is_null(operand, negate=negate), is_null_one(operand_one, negate=negate)
-            )
+            op = IS_NOT_NULL if name == "IsNotNull" else IS_NULL
+            code = arg.code
+            if arg.kind == "str":  # a string column's nulls
+                code = self._load(Input("text", str(arg.constant)), LOAD_BOOL)
+            return Compiled("bool", (*code, (op, 0)), arg.depth)
         raise UnsupportedError(f"Boolean function {name}")
 
     def _cast(self, body: dict[str, Any]) -> Compiled:
@@ -303,10 +269,9 @@ class _Compiler:
         raise UnsupportedError(f"CAST to {body.get('dtype')}")
 
 
-def _constant(kind: Kind, value: npt.NDArray[Any], literal: object) -> Compiled:
-    result = Value(value, TRUE)
-    one = bool(value) if kind == "bool" else float(value)
-    return Compiled(kind, lambda source: result, lambda row: one, constant=literal)
+def _binary(kind: Kind, op: int, left: Compiled, right: Compiled) -> Compiled:
+    depth = max(left.depth, right.depth + 1)
+    return Compiled(kind, (*left.code, *right.code, (op, 0)), depth)
 
 
 def _coalesce(args: list[Compiled]) -> Compiled:
@@ -317,25 +282,9 @@ def _coalesce(args: list[Compiled]) -> Compiled:
         kind = "int" if kinds == {"int"} else "float"
     else:
         raise UnsupportedError(f"COALESCE of {sorted(kinds)}")
-    programs = [arg.run for arg in args]
-    scalars = [arg.scalar for arg in args]
-
-    def run_one(row: Row) -> Any:
-        for scalar in scalars:
-            value = scalar(row)
-            if value is not None:
-                return value
-        return None
-
-    def run(source: Reader) -> Value:
-        result = programs[0](source)
-        for program in programs[1:]:
-            other = program(source)
-            values = np.where(result.known, result.values, other.values)
-            result = Value(values, result.known | other.known)
-        return result
-
-    return Compiled(kind, run, run_one, may_be_nan=any(arg.may_be_nan for arg in args))
+    code = tuple(instruction for arg in args for instruction in arg.code)
+    depth = max(arg.depth + k for k, arg in enumerate(args))
+    return Compiled(kind, (*code, (COALESCE, len(args))), depth)
 
 
 def _check_decimal_comparison(left: Compiled, right: Compiled) -> None:
