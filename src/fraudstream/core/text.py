@@ -91,6 +91,22 @@ def _rotl(x: np.uint64, r: int) -> np.uint64:
     return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _word(data: npt.NDArray[np.uint8], at: int) -> np.uint64:
+    """Eight bytes from `at` as a little-endian word, written out byte by byte so the
+    compiler can merge them into one load."""
+    return (
+        np.uint64(data[at])
+        | np.uint64(data[at + 1]) << np.uint64(8)
+        | np.uint64(data[at + 2]) << np.uint64(16)
+        | np.uint64(data[at + 3]) << np.uint64(24)
+        | np.uint64(data[at + 4]) << np.uint64(32)
+        | np.uint64(data[at + 5]) << np.uint64(40)
+        | np.uint64(data[at + 6]) << np.uint64(48)
+        | np.uint64(data[at + 7]) << np.uint64(56)
+    )
+
+
 @numba.njit(cache=True, nogil=True)
 def _hash_all(buffers: TextBuffers, seed: np.uint64, out: npt.NDArray[np.int64]) -> None:
     data = buffers.data
@@ -102,10 +118,12 @@ def _hash_all(buffers: TextBuffers, seed: np.uint64, out: npt.NDArray[np.int64])
         h = seed ^ (np.uint64(end - start) * _K2)
         position = start
         while position < end:
-            word = np.uint64(0)
-            width = min(8, end - position)
-            for b in range(width):
-                word |= np.uint64(data[position + b]) << np.uint64(8 * b)
+            if end - position >= 8:
+                word = _word(data, position)
+            else:
+                word = np.uint64(0)
+                for b in range(end - position):
+                    word |= np.uint64(data[position + b]) << np.uint64(8 * b)
             h ^= _rotl(word * _K1, 31) * _K2
             h = _rotl(h, 27) * np.uint64(5) + np.uint64(0x52DCE729)
             position += 8
