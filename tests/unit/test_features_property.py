@@ -673,3 +673,24 @@ def test_expire_keeps_state_bounded() -> None:
         live = stats.entities.get(kind, 0)
         assert needed <= live <= recent, (kind, needed, live, recent)
         assert recent < len(latest) / 4  # the bound above is meaningful
+
+
+@needs_kernel
+def test_a_place_busier_than_the_walks_card_set() -> None:
+    """700 cards at one terminal within an hour: the walk starts with a 1 024-entry card set,
+    outgrows it mid-batch (it needs twice the history), grows it and resumes at the event it
+    stopped before; every row still matches the reference."""
+    rows = [
+        tx(f"t{i}", BASE_US + i * 5 * SECOND, card_ref=f"card-{i % 700}", terminal_id="busy",
+           merchant_id="shop")
+        for i in range(720)
+    ]  # fmt: skip
+    expected = run_reference(rows, SMALL)
+    state = new_state(SMALL)
+    assert state._scratch.places.shape[1] == 1024
+    actual = list(state.update(make_frame(rows)).to_dicts())
+    assert state._scratch.places.shape[1] > 1024
+    assert_rows_match(expected, actual, rows)
+    last = actual[-1]
+    assert last["distinct_cards_by_terminal_1h"] == 700
+    assert last["tx_count_by_terminal_1h"] == 720

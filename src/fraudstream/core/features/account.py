@@ -167,8 +167,9 @@ def account_features(
         events, buckets, ei, s, t, amount, txh, replay, windows, n_exact, bucket,
         counts, sums, prev, prev_loc,
     )  # fmt: skip
-    out[base : base + n_windows] = counts
-    out[base + n_windows : base + 2 * n_windows] = sums
+    for w in range(n_windows):
+        out[base + w] = counts[w]
+        out[base + n_windows + w] = sums[w]
     _amount_profile(ei, ef, s, amount, replay, out, base + 2 * n_windows)
     _previous_transaction(t, lat, lon, prev, prev_loc, out, base + 2 * n_windows + 3)
 

@@ -24,27 +24,22 @@ def place_features(
     base: int,
     scratch: npt.NDArray[np.int64],
     generation: npt.NDArray[np.int64],
-) -> npt.NDArray[np.int64]:
+    span: int,
+) -> None:
     """Write counts then distinct-card counts for each window into out[base:].
 
     One pass over the place's history: each event in the longest window counts in the
     smallest window holding it, and each card is kept once, with the smallest window it was
     seen in, in a scratch hash set; prefix sums over the windows then give every window's
     figures. Linear in the history (a busy terminal sees hundreds of events a day), where
-    sorting the cards per window was not. `scratch` is (4, power of two) and `generation`
-    stamps its entries, so the set never needs clearing; for a busier place than it fits a
-    larger one is made and returned, to be passed in from then on.
+    sorting the cards per window was not. `scratch` is (4, at least `span`), the part of it
+    in use is `span` = `place_span(...)` wide, and `generation` stamps its entries, so the
+    set never needs clearing.
     """
     n_windows = windows.shape[0]
     if s < 0:  # a null merchant or terminal: all-null features
         out[base : base + 2 * n_windows] = np.nan
-        return scratch
-    size = chain_length(events, ei[s, EV_HEAD]) + 1
-    span = 16  # the part of the set in use: small sets stay in a few cache lines
-    while span < 2 * size:
-        span *= 2
-    if span > scratch.shape[1]:
-        scratch = np.full((4, span), -1, np.int64)
+        return
     generation[0] += 1
     out[base : base + 2 * n_windows] = 0.0
     longest = windows[n_windows - 1]
@@ -64,7 +59,20 @@ def place_features(
     for w in range(1, n_windows):
         out[base + w] += out[base + w - 1]
         out[base + n_windows + w] += out[base + n_windows + w - 1]
-    return scratch
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def place_span(events: Pool, ei: npt.NDArray[np.int64], s: int) -> int:
+    """The width of distinct-card set a place's features need: a power of two at least
+    twice its history (plus the event itself), so probes stay short; small sets stay in a
+    few cache lines."""
+    if s < 0:
+        return 16
+    size = chain_length(events, ei[s, EV_HEAD]) + 1
+    span = 16
+    while span < 2 * size:
+        span *= 2
+    return span
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -52,7 +52,14 @@ from fraudstream.core.features.snapshot import (
     restored_pool,
     saved_array,
 )
-from fraudstream.core.features.walk import BatchColumns, Tables, evict_idle, walk_batch
+from fraudstream.core.features.walk import (
+    BatchColumns,
+    Tables,
+    evict_idle,
+    new_scratch,
+    walk_batch,
+    with_larger_place_set,
+)
 from fraudstream.core.text import hash_text
 
 KEY_COLUMNS = {
@@ -204,6 +211,7 @@ class FeatureState:
         assert self._params[P_LATENESS] == c.allowed_lateness_us
         assert (P_TTL, P_BUCKET, P_EVENT_RETENTION, P_BUCKET_RETENTION) == (1, 2, 3, 4)
         self._meta = np.zeros(8, dtype=np.int64)
+        self._scratch = new_scratch(len(c.account_windows_us))
         self._account_windows = np.array(c.account_windows_us, dtype=np.int64)
         self._place_windows = np.array(c.place_windows_us, dtype=np.int64)
         self._n_exact = len(c.exact_account_windows)
@@ -230,7 +238,11 @@ class FeatureState:
         self._reserve(n)
         out = np.empty((n, len(self.config.names)), dtype=np.float64)
         late = np.empty(n, dtype=np.bool_)
-        walk_batch(batch, self._tables(), self._n_exact, out, late)
+        tables, done = self._tables(), 0
+        while (
+            done := walk_batch(batch, tables, self._n_exact, out, late, self._scratch, done)
+        ) < n:
+            self._scratch = with_larger_place_set(self._scratch)
         return FeatureColumns(
             self.config.names, self._index, np.ascontiguousarray(out.T), late, self._dtypes
         )

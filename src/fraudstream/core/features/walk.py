@@ -1,8 +1,17 @@
-"""The batch walk: every event of a batch, in order, through all four entity kinds."""
+"""The batch walk: every event of a batch, in order, through all four entity kinds.
+
+The walk is compiled without numba's reference counting (`_nrt=False`): with it, every array
+view and every array handed to an inlined helper cost a pair of atomic counter updates, and
+those were a third of the walk's time. So nothing here allocates: the scratch space comes
+from the caller (`Scratch`), and when a busy merchant or terminal needs a larger distinct-card
+set than the scratch holds, the walk stops before that event and says so, the caller grows
+the set and the walk resumes where it stopped.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numba
 import numpy as np
@@ -32,10 +41,18 @@ from fraudstream.core.features.kernels import (
 )
 from fraudstream.core.features.keys import KeyTable, add_key, find_slot, remove_key
 from fraudstream.core.features.novelty import N_NOVELTY, novelty_step
-from fraudstream.core.features.place import apply_place, place_features
+from fraudstream.core.features.place import apply_place, place_features, place_span
 from fraudstream.core.features.pool import NO_TIME, Pool
 
 CARD, CUSTOMER, MERCHANT, TERMINAL = 0, 1, 2, 3
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _without_reference_counting(function: _F) -> _F:
+    """`numba.njit(cache=True, nogil=True)` for code that never allocates, with numba's
+    reference counting off (its `_nrt` option, which numba's type stubs do not list)."""
+    options: dict[str, Any] = {"cache": True, "nogil": True, "_nrt": False}
+    return cast(_F, numba.njit(**options)(function))
 
 
 class BatchColumns(NamedTuple):
@@ -51,6 +68,35 @@ class BatchColumns(NamedTuple):
     payer: npt.NDArray[np.int64]
     novelty: npt.NDArray[np.int64]
     """shape (3, n): merchant, country, device value hashes (0 = null)."""
+
+
+class Scratch(NamedTuple):
+    """Working space for the walk, kept between batches by the caller (`new_scratch`)."""
+
+    windows: npt.NDArray[np.float64]
+    """Counts, sums and the previous located event of one paying entity."""
+    previous: npt.NDArray[np.int64]
+    places: npt.NDArray[np.int64]
+    """(4, size) distinct-card set of one merchant or terminal (see `place_features`)."""
+    generation: npt.NDArray[np.int64]
+    latest_seen: npt.NDArray[np.float64]
+    found: npt.NDArray[np.bool_]
+
+
+def new_scratch(n_account_windows: int, place_set_size: int = 1024) -> Scratch:
+    return Scratch(
+        windows=np.empty(2 * n_account_windows + 4, np.float64),
+        previous=np.empty(2, np.int64),
+        places=np.full((4, place_set_size), -1, np.int64),
+        generation=np.zeros(1, np.int64),
+        latest_seen=np.empty(N_NOVELTY, np.float64),
+        found=np.empty(N_NOVELTY, np.bool_),
+    )
+
+
+def with_larger_place_set(scratch: Scratch) -> Scratch:
+    """The same scratch with a distinct-card set twice as large."""
+    return scratch._replace(places=np.full((4, 2 * scratch.places.shape[1]), -1, np.int64))
 
 
 class Tables(NamedTuple):
@@ -75,15 +121,21 @@ class Tables(NamedTuple):
     place_windows: npt.NDArray[np.int64]
 
 
-@numba.njit(cache=True, nogil=True)
+@_without_reference_counting
 def walk_batch(
     batch: BatchColumns,
     tables: Tables,
     n_exact: int,
     out: npt.NDArray[np.float64],
     late: npt.NDArray[np.bool_],
-) -> None:
-    """Compute features for every event of the batch into `out` and update the state.
+    scratch: Scratch,
+    start: int,
+) -> int:
+    """Compute features for events `start`.. of the batch into `out` and update the state.
+
+    Returns the batch size when done, or the index of the event it stopped before because
+    `scratch.places` is too small for that event's merchant or terminal (nothing of that
+    event has been applied yet; grow the set and call again from there).
 
     Pools are unpacked once into locals and passed per kind with constant indices: a runtime
     index into a tuple of pools copies the whole pool struct on every access, which costs more
@@ -105,13 +157,8 @@ def walk_batch(
     place_base = novelty_base + N_NOVELTY
     place_width = 2 * place_windows.shape[0]
     has_buckets = windows.shape[0] > n_exact
-    scratch = np.empty(2 * windows.shape[0] + 4, np.float64)
-    prev_scratch = np.empty(2, np.int64)
-    place_scratch = np.full((4, 1024), -1, np.int64)
-    place_generation = np.zeros(1, np.int64)
-    latest_seen = np.empty(N_NOVELTY, np.float64)
-    found = np.empty(N_NOVELTY, np.bool_)
-    for i in range(batch.ts.shape[0]):
+    place_set, place_generation = scratch.places, scratch.generation
+    for i in range(start, batch.ts.shape[0]):
         t = batch.ts[i]
         if meta[M_HAS_WATERMARK] == 1 and t < meta[M_WATERMARK] - lateness:
             late[i] = True
@@ -123,6 +170,10 @@ def walk_batch(
         customer = _slot(customer_k, customer_i, customer_f, batch.keys[CUSTOMER, i])
         merchant = _slot(merchant_k, merchant_i, merchant_f, batch.keys[MERCHANT, i])
         terminal = _slot(terminal_k, terminal_i, terminal_f, batch.keys[TERMINAL, i])
+        merchant_span = place_span(merchants, merchant_i, merchant)
+        terminal_span = place_span(terminals, terminal_i, terminal)
+        if max(merchant_span, terminal_span) > place_set.shape[1]:
+            return i
         amount, txh, lat, lon = batch.amount[i], batch.txh[i], batch.lat[i], batch.lon[i]
         payer = batch.payer[i]
         row = out[i]
@@ -145,11 +196,11 @@ def walk_batch(
                            idle_before)  # fmt: skip
         account_features(
             cards, card_buckets, card_i, card_f, card, t, amount, txh, lat, lon, replay,
-            windows, n_exact, bucket, row, 0, scratch, prev_scratch,
+            windows, n_exact, bucket, row, 0, scratch.windows, scratch.previous,
         )  # fmt: skip
         account_features(
             customers, customer_buckets, customer_i, customer_f, customer, t, amount, txh, lat,
-            lon, replay, windows, n_exact, bucket, row, width, scratch, prev_scratch,
+            lon, replay, windows, n_exact, bucket, row, width, scratch.windows, scratch.previous,
         )  # fmt: skip
         watermark = t if meta[M_HAS_WATERMARK] == 0 else max(meta[M_WATERMARK], t)
         if card < 0:
@@ -157,15 +208,15 @@ def walk_batch(
         else:
             novelty_step(
                 novelty, card_i, card, t, txh, batch.novelty[:, i], ttl, row, novelty_base,
-                not replay, watermark - lateness - ttl, latest_seen, found,
+                not replay, watermark - lateness - ttl, scratch.latest_seen, scratch.found,
             )  # fmt: skip
-        place_scratch = place_features(
+        place_features(
             merchants, merchant_i, merchant, t, txh, payer, place_windows, row, place_base,
-            place_scratch, place_generation,
+            place_set, place_generation, merchant_span,
         )  # fmt: skip
-        place_scratch = place_features(
+        place_features(
             terminals, terminal_i, terminal, t, txh, payer, place_windows, row,
-            place_base + place_width, place_scratch, place_generation,
+            place_base + place_width, place_set, place_generation, terminal_span,
         )  # fmt: skip
         if replay:
             meta[M_REPLAYED] += 1
@@ -190,6 +241,7 @@ def walk_batch(
         meta[M_WATERMARK] = watermark
         meta[M_HAS_WATERMARK] = 1
         meta[M_SEQUENCE] = seq + 1
+    return int(batch.ts.shape[0])
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
