@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import UTC, datetime
 
@@ -14,6 +15,7 @@ from fraudstream.core.events import (
     conform,
     decode_many,
     decode_transaction,
+    is_ip_address,
     looks_like_card_number,
     to_frame,
 )
@@ -100,3 +102,20 @@ def test_conform_fills_absent_optional_columns_and_requires_the_rest() -> None:
     assert list(conformed.columns) == [*TRANSACTION_SCHEMA, "label"]
     with pytest.raises(InvalidTransaction, match="amount"):
         conform(frame.drop("amount"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.2.3.4", "255.255.255.255", "256.1.1.1", "1.2.3", "01.2.3.4", "1.2.3.04", "1.2.3.4 ",
+        "::1", "::ffff:1.2.3.4", "2001:db8::1", "fe80::1%eth0", "2001:db8:::1", "", "localhost",
+        "1.2.3.4\x00",
+    ],
+)  # fmt: skip
+def test_ip_check_agrees_with_ipaddress(text: str) -> None:
+    try:
+        ipaddress.ip_address(text)
+        expected = True
+    except ValueError:
+        expected = False
+    assert is_ip_address(text) is expected
