@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -176,3 +178,29 @@ def test_rules_in_numpy_and_polars_mix_and_arrays_match_the_frame(rows: int) -> 
     assert np.allclose(decided.score, frame.get_column("score").to_numpy(), atol=1e-6)
     assert decided.hits.columns == ["risky_country", "online_large"]
     assert len(decided) == rows
+
+
+def test_warm_up_loads_the_kernels_before_the_first_batch() -> None:
+    """In a fresh interpreter no kernel is loaded; after `warm_up` the feature walk, the
+    identifier hashing and the rule kernel all are, so the first real batch loads nothing."""
+    script = """
+from fraudstream.core.engine import Engine, available_columns
+from fraudstream.core.features import FeatureConfig
+from fraudstream.core.features.walk import walk_batch
+from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
+from fraudstream.core.rules.bytecode import run_programs
+from fraudstream.core.text import _hash_all
+kernels = (walk_batch, run_programs, _hash_all)
+config = FeatureConfig()
+ruleset = compile_ruleset(parse_ruleset(load_default_ruleset_text()), available_columns(config))
+engine = Engine(ruleset)
+print([len(k.signatures) for k in kernels])
+engine.warm_up(config)
+print([len(k.signatures) for k in kernels])
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    before, after = result.stdout.split("\n")[:2]
+    assert before == "[0, 0, 0]"
+    assert after == "[1, 1, 1]"

@@ -131,6 +131,7 @@ class Worker:
     def run(self, stop: threading.Event) -> WorkerTotals:
         """Score batches until `stop` is set; the batch in hand is finished and committed
         first (unless a sink is down, when it is left uncommitted to be read again)."""
+        self._engine().warm_up(self.state.config)
         self._group.subscribe(
             [self._topic],
             on_assign=self._on_assign,
