@@ -131,7 +131,12 @@ class Worker:
     def run(self, stop: threading.Event) -> WorkerTotals:
         """Score batches until `stop` is set; the batch in hand is finished and committed
         first (unless a sink is down, when it is left uncommitted to be read again)."""
-        self._engine().warm_up(self.state.config)
+        # Kernels load (or, on a machine's first run, compile) while the group is joined; the
+        # first batch waits for them, so no transaction's latency includes loading them.
+        warm_up = threading.Thread(
+            target=self._engine().warm_up, args=(self.state.config,), name="warm-up", daemon=True
+        )
+        warm_up.start()
         self._group.subscribe(
             [self._topic],
             on_assign=self._on_assign,
@@ -155,6 +160,7 @@ class Worker:
                     self._max_batch, force=idle, now_s=time.monotonic()
                 )
                 if arrivals:
+                    warm_up.join()
                     self.process(arrivals, stop)
                     last_release = time.monotonic()  # idle = waiting for data, not working
                 elif not self._aligner.buffered:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -375,12 +376,22 @@ class FeatureState:
         return int(self._meta[M_WATERMARK]) if self._meta[M_HAS_WATERMARK] else None
 
 
+_Array = TypeVar("_Array", npt.NDArray[np.int64], npt.NDArray[np.float64])
+
+
 def _epoch_us(column: pl.Series) -> npt.NDArray[np.int64]:
     if column.dtype != pl.Datetime("us", column.dtype.time_zone):  # type: ignore[attr-defined]
         column = column.dt.cast_time_unit("us")
-    return column.to_numpy().view(np.int64)
+    return _writable(column.to_numpy().view(np.int64))
 
 
 def _float64(column: pl.Series) -> npt.NDArray[np.float64]:
     """The column as float64 with NaN for null."""
-    return column.cast(pl.Float64).to_numpy()
+    return _writable(column.cast(pl.Float64).to_numpy())
+
+
+def _writable(array: _Array) -> _Array:
+    """Polars hands out a read-only view when it can share memory and a fresh array when it
+    cannot (a column with nulls); numba compiles the walk once per combination of the two, and a
+    compile takes half a minute, so the walk always gets writable arrays."""
+    return array if array.flags.writeable else array.copy()
