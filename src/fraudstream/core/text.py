@@ -23,6 +23,9 @@ _K2 = np.uint64(0x4CF5AD432745937F)
 _F1 = np.uint64(0xFF51AFD7ED558CCD)
 _F2 = np.uint64(0xC4CEB9FE1A85EC53)
 _EMPTY = np.zeros(0, dtype=np.uint8)
+_EMPTY.flags.writeable = (
+    False  # like the Arrow buffers it stands in for: one numba type, one compile
+)
 
 
 class TextBuffers(NamedTuple):

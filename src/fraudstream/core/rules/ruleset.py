@@ -161,8 +161,8 @@ class CompiledRuleset:
     """The enabled rules of a spec as ready-made Polars expressions. Immutable once built."""
 
     __slots__ = (
-        "_columns_used", "_compiled", "_exprs", "_fired", "_in_polars", "_programs",
-        "_programs_set", "_rules", "_spec",
+        "_columns_used", "_compiled", "_exprs", "_fired", "_in_polars", "_programs_set",
+        "_rules", "_spec",
     )  # fmt: skip
 
     def __init__(
@@ -174,12 +174,12 @@ class CompiledRuleset:
         self._spec = spec
         self._rules = tuple(rule for rule, _, _ in compiled)
         self._exprs = tuple(expr for _, expr, _ in compiled)
-        self._programs = tuple(program for _, _, program in compiled)
+        programs = [program for _, _, program in compiled]
         self._columns_used = columns_used
         self._fired = _FiredIds([rule.id for rule in self._rules])
-        self._compiled = [j for j, program in enumerate(self._programs) if program is not None]
-        self._in_polars = [j for j, program in enumerate(self._programs) if program is None]
-        self._programs_set = ProgramSet([p for p in self._programs if p is not None])
+        self._compiled = [j for j, program in enumerate(programs) if program is not None]
+        self._in_polars = [j for j, program in enumerate(programs) if program is None]
+        self._programs_set = ProgramSet([p for p in programs if p is not None])
 
     @property
     def spec(self) -> RulesetSpec:
