@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -42,14 +42,15 @@ from confluent_kafka import (
 from fraudstream.core.engine import Engine
 from fraudstream.core.errors import InvalidTransaction
 from fraudstream.core.events import Rejected, decode_transaction, event_time_us, to_frame
-from fraudstream.ports import ScoredBatch, Sink, SinkUnavailable
+from fraudstream.ports import ScoredBatch, Sink
 from fraudstream.runners.alignment import Arrival, EventTimeAligner
+from fraudstream.runners.batch_writer import BatchWriter, InFlight
 from fraudstream.runners.messages import dead_letter, positions
 from fraudstream.runners.stream_state import StreamState
 
 log = logging.getLogger("fraudstream.worker")
 
-_FIRST_BACKOFF_S = 0.1
+_SHORT_WAIT_S = 0.1
 _DECIDE = "_decide"
 _METADATA_TIMEOUT_S = 30.0
 
@@ -104,11 +105,11 @@ class Worker:
         self._topic = topic
         self._engine = engine
         self.state = state
-        self._sinks = list(sinks)
-        self._sink_threads = ThreadPoolExecutor(len(self._sinks) or 1, thread_name_prefix="sink")
+        self.totals = WorkerTotals()
+        self._writer = BatchWriter(sinks, backoff_max_s=backoff_max_s, timed=self.totals.add_time)
+        self._in_flight: InFlight | None = None
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
-        self._backoff_max_s = backoff_max_s
         self._max_idle_s = max_idle_s
         self._partition_buffer = partition_buffer
         self._on_assignment = on_assignment or (lambda _: None)
@@ -122,7 +123,6 @@ class Worker:
         """Partitions paused because their buffer is full."""
         self._joined = False
         self._restart_needed = True
-        self.totals = WorkerTotals()
 
     @property
     def assignment(self) -> set[int]:
@@ -144,6 +144,7 @@ class Worker:
             on_lost=self._on_revoke,
         )
         last_release = time.monotonic()
+        backlog = False
         try:
             while not stop.is_set():
                 started = time.perf_counter()
@@ -153,30 +154,38 @@ class Worker:
                 if self._restart_needed:
                     self._restart()
                     last_release = time.monotonic()  # the wait to join was not idleness
-                self._read()
+                self._read(0.0 if backlog else self._max_wait_s)
                 self.totals.add_time("poll", started)
                 idle = time.monotonic() - last_release > self._max_idle_s
                 arrivals = self._aligner.release(
                     self._max_batch, force=idle, now_s=time.monotonic()
                 )
+                backlog = len(arrivals) == self._max_batch  # more is ready: read without waiting
                 if arrivals:
                     warm_up.join()
                     self.process(arrivals, stop)
                     last_release = time.monotonic()  # idle = waiting for data, not working
                 elif not self._aligner.buffered:
                     last_release = time.monotonic()
+                if self._in_flight is not None and self._in_flight.written.done():
+                    self._settle(stop)
                 if self.state.checkpoint_due():
                     self.state.save_checkpoint()
         finally:
+            self._settle_before_leaving(stop)
             if self._joined:
                 self.state.save_checkpoint(wait=True)  # whoever starts next starts from here
             self.state.close()
             self._group.close()  # leaves the group at once: partitions move without delay
             self._reader.close()
-            self._sink_threads.shutdown()
-            for sink in self._sinks:
-                sink.close()
+            self._writer.close()
         return self.totals
+
+    def _settle_before_leaving(self, stop: threading.Event) -> None:
+        try:
+            self._settle(stop)
+        except Exception:  # leaving anyway: what is not committed is read again
+            log.exception("the last batch could not be committed")
 
     # -- the group: which partitions are ours ------------------------------------------------
 
@@ -248,9 +257,10 @@ class Worker:
             raise KafkaException(topic.error if topic else f"topic {self._topic} not found")
         return list(topic.partitions)
 
-    def _read(self) -> None:
-        """Decode what arrived into the aligner's partition buffers."""
-        for message in self._reader.consume(self._max_batch, self._max_wait_s):
+    def _read(self, wait_s: float) -> None:
+        """Decode what arrived (waiting up to `wait_s` for a full batch) into the aligner's
+        partition buffers."""
+        for message in self._reader.consume(self._max_batch, wait_s):
             partition = message.partition() or 0
             key = (self._topic, partition)
             error = message.error()
@@ -294,8 +304,9 @@ class Worker:
         return floor is not None and (message.offset() or 0) >= floor
 
     def process(self, arrivals: list[Arrival], stop: threading.Event) -> bool:
-        """Fold, score, write and commit one batch; False when it was abandoned (stop during an
-        outage), in which case nothing is committed and the batch will be read again."""
+        """Fold and score one batch and hand it to the writer, once the batch before it is
+        written and committed; False when that one was abandoned (stop during an outage), in
+        which case neither is committed and both will be read again."""
         started = time.perf_counter()
         decided = [self._decides(a.message) for a in arrivals]
         batch = self.score(arrivals, decided)
@@ -305,11 +316,9 @@ class Worker:
         self.totals.folded += len(arrivals) - len(mine)
         if not mine:
             return True
-        if not self._write(batch, stop):
+        if not self._settle(stop):
             return False
-        started = time.perf_counter()
-        self._commit(mine)
-        self.totals.add_time("commit", started)
+        self._in_flight = self._writer.submit(batch, _next_offsets(mine), stop)
         self.totals.batches += 1
         self.totals.scored += batch.frame.height
         self.totals.flagged += int(batch.frame.get_column("is_flagged").sum())
@@ -335,63 +344,50 @@ class Worker:
         decided_at = pl.lit(datetime.now(UTC)).dt.cast_time_unit("us").alias("decided_at")
         return ScoredBatch(decisions.outcome.with_columns(decided_at), letters)
 
-    def _write(self, batch: ScoredBatch, stop: threading.Event) -> bool:
-        """Every sink confirms the batch, or (stop set during an outage) False."""
-        pending = list(self._sinks)
-        backoff = _FIRST_BACKOFF_S
-        while pending:
-            failures = self._write_side_by_side(pending, batch)
-            pending = [sink for sink, _ in failures]
-            if not pending:
-                break
-            self.totals.sink_retries += 1
-            self._aligner.forget_ends()  # messages keep arriving while we wait
-            errors = "; ".join(str(error) for _, error in failures)
-            log.warning("%s; retrying in %.1f s, offsets not committed", errors, backoff)
-            if self._wait_paused(backoff, stop):
-                log.warning("stopping during an outage: the batch will be read again")
-                return False
-            backoff = min(2 * backoff, self._backoff_max_s)
+    def _settle(self, stop: threading.Event) -> bool:
+        """Wait for the batch in flight and commit it; False if it was abandoned. The group is
+        served meanwhile, and reading pauses if the wait is long (a sink is down)."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return True
+        if not in_flight.written.done():
+            started = time.perf_counter()
+            self._wait_serving(in_flight)
+            self.totals.add_time("wait_for_sinks", started)
+        if not in_flight.written.result():
+            return False
+        if self._writer.retries > in_flight.retries_before:
+            self._aligner.forget_ends()  # messages kept arriving while we waited
+        started = time.perf_counter()
+        self._commit(in_flight.next_offsets)
+        self.totals.add_time("commit", started)
         return True
 
-    def _write_side_by_side(
-        self, sinks: list[Sink], batch: ScoredBatch
-    ) -> list[tuple[Sink, SinkUnavailable]]:
-        """Write to every sink at once, each in its own thread (each mostly waits on its own
-        server); returns the sinks that could not confirm, with why."""
-        futures = [
-            (sink, self._sink_threads.submit(self._timed_write, sink, batch)) for sink in sinks
-        ]
-        failures = []
-        for sink, future in futures:
-            try:
-                future.result()
-            except SinkUnavailable as error:
-                failures.append((sink, error))
-        return failures
-
-    def _timed_write(self, sink: Sink, batch: ScoredBatch) -> None:
-        started = time.perf_counter()
-        sink.write(batch)
-        self.totals.add_time(type(sink).__name__, started)
-
-    def _wait_paused(self, seconds: float, stop: threading.Event) -> bool:
-        """Keep the group membership alive without reading on; True if stopped."""
+    def _wait_serving(self, in_flight: InFlight) -> None:
+        """Wait for a write while keeping the group membership alive, without reading on if
+        it takes long."""
+        try:
+            in_flight.written.result(timeout=_SHORT_WAIT_S)
+            return
+        except FutureTimeout:
+            pass
         reading = self._reader.assignment()
         self._reader.pause(reading)
         try:
-            deadline = time.monotonic() + seconds
-            while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
-                self._serve_group(min(left, 0.2))
-            return stop.is_set()
+            while not in_flight.written.done():
+                self._serve_group(_SHORT_WAIT_S)
         finally:
             self._reader.resume([tp for tp in reading if tp.partition not in self._held])
 
-    def _commit(self, messages: list[Message]) -> None:
-        """Commit the next offset of every partition in the batch. A failure (the partition
-        moved to another worker meanwhile) is logged: that worker re-reads, sinks dedupe."""
-        next_offsets = _next_offsets(messages)
-        offsets = [TopicPartition(self._topic, p, o) for p, o in next_offsets.items()]
+    def _commit(self, next_offsets: dict[int, int]) -> None:
+        """Commit the next offsets of a written batch, for the partitions still ours. One taken
+        away meanwhile is left to its new owner, which reads it again from its own committed
+        offset (the sinks ignore what is already stored); a failed commit is logged, likewise."""
+        offsets = [
+            TopicPartition(self._topic, p, o) for p, o in next_offsets.items() if p in self._floors
+        ]
+        if not offsets:
+            return
         try:
             self._group.commit(offsets=offsets, asynchronous=False)
             for partition, offset in next_offsets.items():
