@@ -1,6 +1,7 @@
 """The pipeline end to end on the embedded stack, beside the seed-style consumer and the broker.
 
     python bench/pipeline.py [--backlog 100000] [--workers 1] [--rate 2000] [--duration 60]
+                             [--parts throughput,seed,floor,latency]
 
 Three figures, one embedded stack, one JSON line:
 
@@ -9,10 +10,12 @@ Three figures, one embedded stack, one JSON line:
 * the seed-style baseline on the same broker and database: one message, one `amount > 9000`
   check, one INSERT and one commit per message, over `--seed-messages` messages.
 * latency at a steady `--rate` for `--duration` seconds: event published → decided (the
-  worker's `decided_at` minus the Kafka message timestamp), p50/p99 overall and per 10 s
-  window (the embedded broker slows as a partition's log grows, so one figure could hide a
-  drift); beside it the broker's floor: the same rate through the same producer settings to a
-  plain consumer, published → consumed, no scoring.
+  worker's `decided_at` minus the Kafka message timestamp), p50/p99 overall and per window
+  (10 s, or 60 s for runs over ten minutes: the embedded broker slows as a partition's log
+  grows, so one figure could hide a drift); beside it the broker's floor: the same rate
+  through the same producer settings to a plain consumer, published → consumed, no scoring.
+
+`--parts` runs only some of them (a one-hour latency run: `--parts latency --duration 3600`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from fraudstream.runners.local import WorkerProcesses
 from fraudstream.runners.serve import prepare_pipeline
 from fraudstream.stack import Endpoints, Stack
 
-WINDOW_S = 10
+PARTS = ("throughput", "seed", "floor", "latency")
 
 
 def pipeline_settings(endpoints: Endpoints, data_dir: Path, name: str) -> Settings:
@@ -154,14 +157,42 @@ def latency(endpoints: Endpoints, data_dir: Path, rate: float, duration: float) 
             time.sleep(0.2)
     finally:
         processes.stop()
+    return {"rate": rate, "duration_s": duration, **_stored_percentiles(url, duration)}
+
+
+def _stored_percentiles(url: str, duration: float) -> dict:
+    """Latency percentiles of the stored decisions, overall and per window, computed by
+    Postgres (an hour at 2 k tx/s is 7.2 M rows)."""
+    window = _window_s(duration)
+    lag = "extract(epoch FROM decided_at - ingested_at) * 1000"
+    quantiles = (
+        f"count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY {lag}),"
+        f" percentile_cont(0.99) WITHIN GROUP (ORDER BY {lag})"
+    )
     with psycopg.connect(url, autocommit=True) as connection:
-        rows = connection.execute(
-            "SELECT extract(epoch FROM ingested_at), extract(epoch FROM decided_at - ingested_at)"
-            " FROM transactions ORDER BY ingested_at"
+        rows, p50, p99 = connection.execute(f"SELECT {quantiles} FROM transactions").fetchone()
+        windows = connection.execute(
+            f"SELECT floor(extract(epoch FROM ingested_at - (SELECT min(ingested_at)"
+            f" FROM transactions)) / %s)::int AS w, {quantiles} FROM transactions"
+            " GROUP BY w ORDER BY w",
+            (window,),
         ).fetchall()
-    sent = np.array([float(r[0]) for r in rows])
-    lag = np.array([float(r[1]) for r in rows])
-    return {"rate": rate, "duration_s": duration, "rows": len(rows), **_percentiles(sent, lag)}
+    if not rows:
+        return {"rows": 0}
+    return {
+        "rows": rows,
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "window_s": window,
+        "over_time": [
+            {"t_s": w * window, "p50_ms": round(a, 1), "p99_ms": round(b, 1)}
+            for w, _, a, b in windows
+        ],
+    }
+
+
+def _window_s(duration: float) -> int:
+    return 10 if duration <= 600 else 60
 
 
 def broker_floor(endpoints: Endpoints, rate: float, duration: float) -> dict:
@@ -193,16 +224,16 @@ def broker_floor(endpoints: Endpoints, rate: float, duration: float) -> dict:
     consumer.close()
     sent = np.array([s for s, _ in received])
     lag = np.array([r - s for s, r in received])
-    return {"rate": rate, "rows": len(received), **_percentiles(sent, lag)}
+    return {"rate": rate, "rows": len(received), **_percentiles(sent, lag, _window_s(duration))}
 
 
-def _percentiles(sent: np.ndarray, lag: np.ndarray) -> dict:
+def _percentiles(sent: np.ndarray, lag: np.ndarray, window: int) -> dict:
     if not lag.size:
         return {}
-    windows = ((sent - sent.min()) // WINDOW_S).astype(int)
+    windows = ((sent - sent.min()) // window).astype(int)
     over_time = [
         {
-            "t_s": int(w * WINDOW_S),
+            "t_s": int(w * window),
             "p50_ms": round(float(np.percentile(lag[windows == w], 50)) * 1000, 1),
             "p99_ms": round(float(np.percentile(lag[windows == w], 99)) * 1000, 1),
         }
@@ -211,6 +242,7 @@ def _percentiles(sent: np.ndarray, lag: np.ndarray) -> dict:
     return {
         "p50_ms": round(float(np.percentile(lag, 50)) * 1000, 1),
         "p99_ms": round(float(np.percentile(lag, 99)) * 1000, 1),
+        "window_s": window,
         "over_time": over_time,
     }
 
@@ -222,27 +254,35 @@ def main() -> None:
     parser.add_argument("--seed-messages", type=int, default=3_000)
     parser.add_argument("--rate", type=float, default=2_000)
     parser.add_argument("--duration", type=float, default=60)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"some of {','.join(PARTS)}")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {PARTS}")
     data_dir = Path(tempfile.mkdtemp(prefix="fraudstream-bench-"))
     try:
         with Stack(load_settings(stack={"data_dir": data_dir / "stack"})) as endpoints:
-            result = {
+            result: dict = {
                 "bench": "pipeline",
                 "cpus": platform.os.cpu_count(),
                 "python": sys.version.split()[0],
-                "throughput": throughput(endpoints, data_dir, args.backlog, args.workers),
-                "baseline_seed_style": seed_style(endpoints, args.seed_messages),
-                "baseline_broker_floor": broker_floor(endpoints, args.rate, args.duration),
-                "latency": latency(endpoints, data_dir, args.rate, args.duration),
             }
-        seed = result["baseline_seed_style"]["tx_per_s"]
-        ours = result["throughput"]["tx_per_s"]
-        result["speedup_vs_seed"] = round(ours / seed, 1) if seed and ours else None
-        floor = result["baseline_broker_floor"].get("p99_ms")
-        ours_p99 = result["latency"].get("p99_ms")
-        result["p99_over_floor_ms"] = (
-            round(ours_p99 - floor, 1) if floor is not None and ours_p99 is not None else None
-        )
+            if "throughput" in parts:
+                result["throughput"] = throughput(endpoints, data_dir, args.backlog, args.workers)
+            if "seed" in parts:
+                result["baseline_seed_style"] = seed_style(endpoints, args.seed_messages)
+            if "floor" in parts:
+                result["baseline_broker_floor"] = broker_floor(endpoints, args.rate, args.duration)
+            if "latency" in parts:
+                result["latency"] = latency(endpoints, data_dir, args.rate, args.duration)
+        seed = result.get("baseline_seed_style", {}).get("tx_per_s")
+        ours = result.get("throughput", {}).get("tx_per_s")
+        if seed and ours:
+            result["speedup_vs_seed"] = round(ours / seed, 1)
+        floor = result.get("baseline_broker_floor", {}).get("p99_ms")
+        ours_p99 = result.get("latency", {}).get("p99_ms")
+        if floor is not None and ours_p99 is not None:
+            result["p99_over_floor_ms"] = round(ours_p99 - floor, 1)
         print(json.dumps(result))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

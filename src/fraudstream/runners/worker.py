@@ -11,9 +11,11 @@ Delivery is effectively once. Offsets are committed only after every sink confir
 and every sink is idempotent (on `transaction_id`, or on the source position for dead letters),
 so a crash at any point means the batch is read and written again, adding nothing twice; and
 since the state is rebuilt to just before the committed offsets, it is scored the same way
-again. While a sink is down the worker keeps the scored batch and retries only the sinks that
-have not confirmed it yet, with capped exponential backoff, and commits nothing; reading pauses
-meanwhile, and the group membership stays alive.
+again. The sinks write one batch in the background while the next is read and scored
+(`batch_writer.py`); the next is handed over only once the one before is committed. While a
+sink is down the writer retries only the sinks that have not confirmed the batch yet, with
+capped exponential backoff, and nothing is committed; reading pauses meanwhile, and the group
+membership stays alive.
 
 Undecodable or invalid messages become dead letters (raw bytes, reason, partition and offset);
 they are committed with their batch, so one bad record never stalls the stream.
