@@ -1,4 +1,4 @@
-"""`fraudstream` command line: run, worker, demo, generate, stack, produce, rules check."""
+"""`fraudstream` command line: run, worker, demo, generate, stack, produce, backtest, rules."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, p
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.generator.output import write_jsonl, write_labels, write_parquet
 from fraudstream.runners.replay import ReplayProgress, replay, scenario_report
-from fraudstream.views import scenario_table
+from fraudstream.views import backtest_tables, scenario_table
 
 if TYPE_CHECKING:
     from fraudstream.stack import Endpoints
@@ -243,3 +243,52 @@ def rules_check(path: Annotated[Path, typer.Argument(help="Ruleset YAML file")])
         console.print(f"[red]rejected:[/red] {error}")
         raise typer.Exit(2) from None
     console.print(f"ok: version {ruleset.version}, {len(ruleset.rules)} enabled rules")
+
+
+@app.command()
+def backtest(
+    path: Annotated[Path, typer.Argument(help="Labelled history, .csv or .parquet.")],
+    column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map", help="engine_column=dataset_column, e.g. customer_id=CUSTOMER_ID (repeat)."
+        ),
+    ] = None,
+    label: Annotated[str, typer.Option(help="The dataset's fraud label column.")] = "is_fraud",
+    scenario: Annotated[str, typer.Option(help="Fraud scenario column, if any.")] = "scenario",
+    rules: Annotated[Path | None, typer.Option(help="Ruleset YAML (default: shipped).")] = None,
+    k: Annotated[int, typer.Option(help="Cards investigators can check per day.")] = 100,
+    alert_rate: Annotated[float, typer.Option(help="Share of transactions alerted.")] = 0.01,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the report as JSON.")
+    ] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Write the report as HTML.")
+    ] = None,
+) -> None:
+    """Replay a labelled history through the engine; report ranking, alerting and rule figures."""
+    from fraudstream.ml.backtest import backtest as run_backtest  # noqa: PLC0415 (sklearn)
+    from fraudstream.ml.backtest import read_history  # noqa: PLC0415
+
+    config = FeatureConfig()
+    try:
+        mapping = dict(_pair(item) for item in column or [])
+        engine = _engine(rules, config)
+        history = read_history(path, mapping, label, scenario)
+    except FraudstreamError as error:
+        console.print(f"[red]rejected:[/red] {error}")
+        raise typer.Exit(2) from None
+    with console.status(f"replaying {history.transactions.height:,} transactions…"):
+        report = run_backtest(history, engine, config, k=k, alert_rate=alert_rate)
+    console.print(backtest_tables(report))
+    if json_out is not None:
+        json_out.write_text(report.to_json())
+    if html_out is not None:
+        html_out.write_text(report.to_html())
+
+
+def _pair(item: str) -> tuple[str, str]:
+    name, separator, source = item.partition("=")
+    if not separator or not name or not source:
+        raise FraudstreamError(f"--map {item!r}: expected engine_column=dataset_column")
+    return name.strip(), source.strip()

@@ -1,0 +1,1 @@
+"""Training, evaluating and backtesting: models and rules measured on labelled history."""
