@@ -7,7 +7,8 @@ past only. Labels are joined after scoring, so nothing the engine sees carries t
 A foreign dataset fits through a column mapping (engine name -> the dataset's column); a file
 with nothing more than a customer, a terminal, an amount, a timestamp and a label works, the
 features that need absent fields coming out null. Rows without a transaction id get one from
-their position in the file.
+their position in the file; `conform` brings the rest to the engine's schema (integer ids to
+text, naive datetimes taken as UTC).
 """
 
 from __future__ import annotations
@@ -74,28 +75,13 @@ def history_from_frame(
         renamed = renamed.with_columns(
             ("row_" + pl.int_range(pl.len()).cast(pl.String)).alias("transaction_id")
         )
-    renamed = _utc_timestamps(renamed).with_columns(
-        pl.col(name).cast(pl.String) for name in _IDENTIFIERS if name in renamed.columns
-    )
+    if renamed.schema.get("timestamp") == pl.String:  # `conform` takes datetimes, not text
+        renamed = renamed.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
     labels = [pl.col("transaction_id"), pl.col(label).cast(pl.Boolean).alias(LABEL)]
     if scenario is not None and scenario in renamed.columns:
         labels.append(pl.col(scenario).cast(pl.String).alias(SCENARIO))
     transactions = conform(renamed.drop(label))
     return History(transactions.select(list(TRANSACTION_SCHEMA)), renamed.select(labels))
-
-
-_IDENTIFIERS = ("card_ref", "customer_id", "merchant_id", "terminal_id", "device_id")
-"""Columns a foreign dataset often stores as integers; the engine keys them as text."""
-
-
-def _utc_timestamps(frame: pl.DataFrame) -> pl.DataFrame:
-    """Text timestamps parsed; naive ones taken as UTC (what `conform` needs)."""
-    dtype = frame.schema.get("timestamp")
-    if dtype == pl.String:
-        return frame.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
-    if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
-        return frame.with_columns(pl.col("timestamp").dt.replace_time_zone("UTC"))
-    return frame
 
 
 @dataclass

@@ -71,8 +71,8 @@ class WorkerTotals:
     commit_failures: int = 0
     restarts: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
-    """Time spent per stage (`poll`, `score`, each sink by class name, `commit`); the sinks
-    write side by side, so their times overlap."""
+    """Time spent per stage (`poll`, `score`, `wait_for_sinks`, each sink by class name,
+    `commit`); the sinks write side by side and beside the scoring, so their times overlap."""
 
     def add_time(self, stage: str, started: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
@@ -356,9 +356,12 @@ class Worker:
             started = time.perf_counter()
             self._wait_serving(in_flight)
             self.totals.add_time("wait_for_sinks", started)
-        if not in_flight.written.result():
+        written = in_flight.written.result()
+        retried = self._writer.retries - in_flight.retries_before
+        self.totals.sink_retries += retried
+        if not written:
             return False
-        if self._writer.retries > in_flight.retries_before:
+        if retried:
             self._aligner.forget_ends()  # messages kept arriving while we waited
         started = time.perf_counter()
         self._commit(in_flight.next_offsets)
@@ -385,16 +388,16 @@ class Worker:
         """Commit the next offsets of a written batch, for the partitions still ours. One taken
         away meanwhile is left to its new owner, which reads it again from its own committed
         offset (the sinks ignore what is already stored); a failed commit is logged, likewise."""
-        offsets = [
-            TopicPartition(self._topic, p, o) for p, o in next_offsets.items() if p in self._floors
-        ]
-        if not offsets:
+        ours = {p: o for p, o in next_offsets.items() if p in self._floors}
+        if not ours:
             return
         try:
-            self._group.commit(offsets=offsets, asynchronous=False)
-            for partition, offset in next_offsets.items():
-                if partition in self._floors:  # a restart re-scores from here, not from before
-                    self._floors[partition] = max(self._floors[partition], offset)
+            self._group.commit(
+                offsets=[TopicPartition(self._topic, p, o) for p, o in ours.items()],
+                asynchronous=False,
+            )
+            for partition, offset in ours.items():  # a restart re-scores from here on
+                self._floors[partition] = max(self._floors[partition], offset)
         except KafkaException as error:
             self.totals.commit_failures += 1
             log.warning("offset commit failed (%s): the batch will be read again", error)
