@@ -11,8 +11,10 @@ here, because this file runs before anything is installed.
 
 from __future__ import annotations
 
+import ctypes.util
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -46,6 +48,20 @@ def ensure_environment() -> None:
     STAMP.write_text(wanted)
 
 
+def ensure_openmp() -> None:
+    """LightGBM's wheel links the system's OpenMP runtime (libgomp1), which a bare machine may
+    lack: installed with apt when running as root, otherwise named so a person can install it."""
+    if ctypes.util.find_library("gomp"):
+        return
+    apt = shutil.which("apt-get")
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and apt:
+        print("» installing libgomp1 (OpenMP, needed by LightGBM)", flush=True)
+        subprocess.run([apt, "update", "-qq"], check=True)
+        subprocess.run([apt, "install", "-y", "-qq", "libgomp1"], check=True)
+    else:
+        print("! libgomp1 (OpenMP) is missing: LightGBM models need it; install it", flush=True)
+
+
 def _run(*argv: str) -> int:
     print("»", " ".join(argv), flush=True)
     return subprocess.run(argv, cwd=ROOT, check=False).returncode
@@ -74,6 +90,7 @@ def main() -> int:
         print(__doc__)
         return 2
     ensure_environment()
+    ensure_openmp()
     return commands[sys.argv[1]](sys.argv[2:])
 
 

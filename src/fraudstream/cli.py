@@ -1,4 +1,5 @@
-"""`fraudstream` command line: run, worker, demo, generate, stack, produce, backtest, rules."""
+"""`fraudstream` command line: run, worker, demo, generate, stack, produce, rules; backtest,
+train and models live in `cli_models`."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from fraudstream.config import Settings, load_settings
-from fraudstream.core.engine import Decisions, Engine, available_columns
+from fraudstream.cli_models import backtest, models_app, train
+from fraudstream.cli_support import console, engine_for, settings_or_exit
+from fraudstream.core.engine import Decisions, available_columns
 from fraudstream.core.errors import FraudstreamError
 from fraudstream.core.features import FeatureConfig, FeatureState
-from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
+from fraudstream.core.rules import compile_ruleset, parse_ruleset
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.generator.output import write_jsonl, write_labels, write_parquet
 from fraudstream.runners.replay import ReplayProgress, replay, scenario_report
-from fraudstream.views import backtest_tables, scenario_table
+from fraudstream.views import scenario_table
 
 if TYPE_CHECKING:
     from fraudstream.stack import Endpoints
@@ -30,12 +31,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Real-time payment fraud scoring.", no_args_is_help=True)
 rules_app = typer.Typer(help="Check and inspect rulesets.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
-console = Console()
-
-
-def _engine(rules: Path | None, config: FeatureConfig) -> Engine:
-    text = rules.read_text() if rules else load_default_ruleset_text()
-    return Engine(compile_ruleset(parse_ruleset(text), available_columns(config)))
 
 
 def _live_table(progress: ReplayProgress, total: int) -> Table:
@@ -63,7 +58,7 @@ def demo(
     """Generate a labelled stream, score it in event-time order, show live and final figures."""
     config = FeatureConfig()
     try:
-        engine = _engine(rules, config)
+        engine = engine_for(rules, config)
     except FraudstreamError as error:
         console.print(f"[red]ruleset rejected:[/red] {error}")
         raise typer.Exit(2) from None
@@ -113,7 +108,7 @@ def stack_command(
     """Start the embedded servers the settings leave unset, show where they are, keep them up."""
     from fraudstream.stack import Stack  # noqa: PLC0415 - the pipeline extras, only when used
 
-    settings = _settings()
+    settings = settings_or_exit()
     stack = Stack(settings)
     stopping = _stop_on_signals()
     with console.status("starting the embedded servers…"):
@@ -144,7 +139,7 @@ def produce(
     from fraudstream.adapters.kafka import TransactionProducer, ensure_topics  # noqa: PLC0415
     from fraudstream.stack import running_stack_settings  # noqa: PLC0415
 
-    settings = running_stack_settings(_settings())
+    settings = running_stack_settings(settings_or_exit())
     kafka = settings.kafka
     if kafka.bootstrap_servers is None:
         console.print(
@@ -179,7 +174,7 @@ def run(
     from fraudstream.pipeline_view import RunOptions, run_pipeline  # noqa: PLC0415
 
     options = RunOptions(transactions, seed, rate, workers, duration)
-    code = run_pipeline(_settings(), options, console, _stop_on_signals())
+    code = run_pipeline(settings_or_exit(), options, console, _stop_on_signals())
     raise typer.Exit(code)
 
 
@@ -195,7 +190,7 @@ def worker(
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
     )
-    settings = running_stack_settings(_settings())
+    settings = running_stack_settings(settings_or_exit())
     stopping = _stop_on_signals()
     try:
         totals = serve(settings, stopping, name)
@@ -203,14 +198,6 @@ def worker(
         logging.getLogger("fraudstream.worker").error("%s", error)
         raise typer.Exit(2) from None
     logging.getLogger("fraudstream.worker").info("stopped cleanly: %s", totals)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except FraudstreamError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
 
 
 def _stop_on_signals() -> threading.Event:
@@ -245,50 +232,6 @@ def rules_check(path: Annotated[Path, typer.Argument(help="Ruleset YAML file")])
     console.print(f"ok: version {ruleset.version}, {len(ruleset.rules)} enabled rules")
 
 
-@app.command()
-def backtest(
-    path: Annotated[Path, typer.Argument(help="Labelled history, .csv or .parquet.")],
-    column: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--map", help="engine_column=dataset_column, e.g. customer_id=CUSTOMER_ID (repeat)."
-        ),
-    ] = None,
-    label: Annotated[str, typer.Option(help="The dataset's fraud label column.")] = "is_fraud",
-    scenario: Annotated[str, typer.Option(help="Fraud scenario column, if any.")] = "scenario",
-    rules: Annotated[Path | None, typer.Option(help="Ruleset YAML (default: shipped).")] = None,
-    k: Annotated[int, typer.Option(help="Cards investigators can check per day.")] = 100,
-    alert_rate: Annotated[float, typer.Option(help="Share of transactions alerted.")] = 0.01,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the report as JSON.")
-    ] = None,
-    html_out: Annotated[
-        Path | None, typer.Option("--html", help="Write the report as HTML.")
-    ] = None,
-) -> None:
-    """Replay a labelled history through the engine; report ranking, alerting and rule figures."""
-    from fraudstream.ml.backtest import backtest as run_backtest  # noqa: PLC0415 (sklearn)
-    from fraudstream.ml.backtest import read_history  # noqa: PLC0415
-
-    config = FeatureConfig()
-    try:
-        mapping = dict(_pair(item) for item in column or [])
-        engine = _engine(rules, config)
-        history = read_history(path, mapping, label, scenario)
-    except FraudstreamError as error:
-        console.print(f"[red]rejected:[/red] {error}")
-        raise typer.Exit(2) from None
-    with console.status(f"replaying {history.transactions.height:,} transactions…"):
-        report = run_backtest(history, engine, config, k=k, alert_rate=alert_rate)
-    console.print(backtest_tables(report))
-    if json_out is not None:
-        json_out.write_text(report.to_json())
-    if html_out is not None:
-        html_out.write_text(report.to_html())
-
-
-def _pair(item: str) -> tuple[str, str]:
-    name, separator, source = item.partition("=")
-    if not separator or not name or not source:
-        raise FraudstreamError(f"--map {item!r}: expected engine_column=dataset_column")
-    return name.strip(), source.strip()
+app.command()(backtest)
+app.command()(train)
+app.add_typer(models_app, name="models")

@@ -127,6 +127,18 @@ class WorkerSettings(BaseModel):
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
 
 
+class ModelSettings(BaseModel):
+    """How workers find, verify and refresh their models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signing_key: SecretStr | None = None
+    """Key that signs and verifies model files. Unset: a key made once for this machine under
+    `stack.data_dir`; set it (the same everywhere) when workers run on several machines."""
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    """How often a worker asks the `models` table which versions serve."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRAUDSTREAM_", env_nested_delimiter="__", extra="forbid"
@@ -137,6 +149,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     stack: StackSettings = StackSettings()
     worker: WorkerSettings = WorkerSettings()
+    models: ModelSettings = ModelSettings()
 
     @classmethod
     def settings_customise_sources(

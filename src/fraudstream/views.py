@@ -10,6 +10,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from fraudstream.ml.backtest import BacktestReport
+    from fraudstream.ml.evaluate import Comparison
 
 
 def scenario_table(report: pl.DataFrame, title: str) -> Table:
@@ -59,7 +60,36 @@ def backtest_tables(report: BacktestReport) -> Group:
     tables: list[Table] = [summary, rules]
     if report.scenarios is not None:
         tables.append(scenario_table(report.scenarios, "Detection per scenario"))
+    if report.comparison is not None:
+        tables.append(comparison_table(report.comparison))
     return Group(*tables)
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """Rules, models and rules+model on the evaluation window."""
+    title = (
+        f"Trained before {comparison.split.train_end:%Y-%m-%d %H:%M} "
+        f"({comparison.train_rows:,} tx, {comparison.train_fraud:,} fraud); evaluated from "
+        f"{comparison.split.test_start:%Y-%m-%d %H:%M} "
+        f"({comparison.test_rows:,} tx, {comparison.test_fraud:,} fraud)"
+    )
+    table = Table(title=title)
+    headers = ("variant", "ROC AUC", "avg precision", "recall@alert rate", "card prec@k/day",
+               "flagged", "flag precision", "flag recall")  # fmt: skip
+    for header in headers:
+        table.add_column(header, justify="left" if header == "variant" else "right")
+    for row in comparison.table.iter_rows(named=True):
+        table.add_row(
+            row["variant"],
+            _maybe(row["roc_auc"], "{:.3f}"),
+            _maybe(row["average_precision"], "{:.3f}"),
+            _maybe(row["recall_at_alert_rate"], "{:.1%}"),
+            _maybe(row["card_precision_at_k_per_day"], "{:.1%}"),
+            f"{row['flagged']:,}",
+            _maybe(row["flag_precision"], "{:.1%}"),
+            _maybe(row["flag_recall"], "{:.1%}"),
+        )
+    return table
 
 
 def _maybe(value: float | None, template: str) -> str:

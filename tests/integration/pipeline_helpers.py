@@ -33,6 +33,7 @@ MALFORMED = (
 
 @dataclass(frozen=True)
 class TestPipeline:
+    __test__ = False  # a helper, not a test class
     settings: Settings
     endpoints: Endpoints
     postgres_url: str
@@ -68,7 +69,10 @@ class TestPipeline:
 
 @contextmanager
 def fresh_pipeline(
-    endpoints: Endpoints, tmp_path: Path, **worker: object
+    endpoints: Endpoints,
+    tmp_path: Path,
+    models: dict[str, object] | None = None,
+    **worker: object,
 ) -> Iterator[TestPipeline]:
     """Topics, a database and a worker group nobody else uses; the database is dropped after."""
     name = f"t{uuid.uuid4().hex[:10]}"
@@ -88,6 +92,7 @@ def fresh_pipeline(
         redis={"url": endpoints.redis_url},
         stack={"data_dir": tmp_path / "stack"},
         worker={"group_id": f"{name}-workers", "session_timeout_ms": 6000, **worker},
+        models=models or {},
     )
     prepare_pipeline(settings)
     try:

@@ -61,9 +61,12 @@ def database(endpoints: Endpoints) -> Iterator[str]:
         connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+SHIPPED = [migration.version for migration in load_migrations()]
+
+
 @pytest.fixture
 def migrated(database: str) -> str:
-    assert migrate(database) == [1]
+    assert migrate(database) == SHIPPED
     return database
 
 
@@ -132,21 +135,22 @@ def _letter(offset: int, raw: bytes) -> DeadLetter:
 
 
 def test_migrate_applies_the_pipeline_schema_once(database: str) -> None:
-    assert migrate(database) == [1]
+    assert migrate(database) == SHIPPED
     assert migrate(database) == []
-    shipped = load_migrations()[0]
     with psycopg.connect(database) as connection:
-        ledger = connection.execute("SELECT version, name, checksum FROM schema_migrations")
-        assert ledger.fetchall() == [(1, "pipeline", shipped.checksum)]
+        ledger = connection.execute(
+            "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+        )
+        assert ledger.fetchall() == [(m.version, m.name, m.checksum) for m in load_migrations()]
         tables = connection.execute(
             "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c"
             " WHERE c.relname = ANY(%s)",
-            (["transactions", "fraud_transactions", "dead_letters"],),
+            (["transactions", "fraud_transactions", "dead_letters", "models", "labels"],),
         ).fetchall()
         indexes = connection.execute(
             "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
         ).fetchall()
-    assert len(tables) == 3
+    assert len(tables) == 5
     assert all(comment for _, comment in tables)
     assert {"transactions_flagged_decided_at_idx", "dead_letters_received_at_idx"} <= {
         name for (name,) in indexes
@@ -162,8 +166,8 @@ def test_concurrent_migrations_apply_each_version_exactly_once(database: str) ->
 
     with ThreadPoolExecutor(4) as pool:
         results = [future.result() for future in [pool.submit(worker) for _ in range(4)]]
-    assert sorted(results) == [[], [], [], [1]]
-    assert _count(database, "schema_migrations") == 1
+    assert sorted(results) == [[], [], [], SHIPPED]
+    assert _count(database, "schema_migrations") == len(SHIPPED)
 
 
 def test_an_edited_applied_migration_is_refused_naming_its_file(migrated: str) -> None:
@@ -175,14 +179,17 @@ def test_an_edited_applied_migration_is_refused_naming_its_file(migrated: str) -
 
 def test_later_migrations_apply_in_order_and_a_failing_one_leaves_nothing(migrated: str) -> None:
     shipped = load_migrations()
-    second = Migration(2, "extra", "CREATE TABLE extra (x integer); INSERT INTO extra VALUES (7);")
-    broken = Migration(3, "broken", "CREATE TABLE doomed (x integer); SELECT * FROM missing;")
+    last = SHIPPED[-1]
+    second = Migration(
+        last + 1, "extra", "CREATE TABLE extra (x integer); INSERT INTO extra VALUES (7);"
+    )
+    broken = Migration(last + 2, "broken", "CREATE TABLE doomed (x integer); SELECT * FROM no;")
     with pytest.raises(psycopg.errors.UndefinedTable):
         migrate(migrated, [*shipped, broken, second])
-    assert _count(migrated, "extra") == 1  # 0002 applied, in its own transaction, before 0003
+    assert _count(migrated, "extra") == 1  # applied, in its own transaction, before `broken`
     with psycopg.connect(migrated) as connection:
         versions = connection.execute("SELECT version FROM schema_migrations ORDER BY 1")
-        assert versions.fetchall() == [(1,), (2,)]
+        assert versions.fetchall() == [(v,) for v in [*SHIPPED, last + 1]]
         doomed = connection.execute("SELECT to_regclass('doomed')").fetchone()
     assert doomed == (None,)
     assert migrate(migrated, [*shipped, second]) == []

@@ -7,7 +7,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import polars as pl
 import pytest
 
 from fraudstream.core.decision import DecisionConfig, rule_scores
@@ -105,9 +104,9 @@ class _ConstantModel:
     version = "const-1"
     feature_names = ("amount", "amount_zscore_by_card")
 
-    def score(self, features: pl.DataFrame) -> ModelOutput:
-        scores = np.where(features.get_column("amount").to_numpy() > 100, 0.95, 0.1)
-        return ModelOutput(scores, [["amount"] if s > 0.5 else [] for s in scores])
+    def score(self, inputs: np.ndarray) -> ModelOutput:
+        scores = np.where(inputs[:, 0] > 100, 0.95, 0.1)
+        return ModelOutput(scores, {i: ["amount"] for i in np.flatnonzero(scores > 0.5)})
 
 
 def test_model_score_raises_the_decision_and_adds_its_drivers() -> None:

@@ -58,7 +58,8 @@ TRANSACTION_COLUMNS: Final = (
     "mcc", "terminal_id", "amount", "currency", "country", "latitude", "longitude", "channel",
     "device_id", "ip", "score", "rule_score", "model_score", "action", "is_flagged",
     "rules_fired", "reasons", "is_late", "ruleset_version", "model_version",
-    "kafka_partition", "kafka_offset", "ingested_at", "decided_at",
+    "shadow_score", "shadow_model_version", "kafka_partition", "kafka_offset", "ingested_at",
+    "decided_at",
 )  # fmt: skip
 """What `transactions` stores from a scored frame (all but `stored_at`), in COPY order."""
 

@@ -8,6 +8,7 @@ columns, and turn hits and scores into a decision with its reasons.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +26,7 @@ from fraudstream.core.decision import (
     combine_scores,
     rule_scores,
 )
+from fraudstream.core.errors import ConfigError
 from fraudstream.core.events import TRANSACTION_SCHEMA, Transaction, to_frame
 from fraudstream.core.features import FeatureConfig, FeatureState
 from fraudstream.core.features.state import FeatureColumns
@@ -44,11 +46,17 @@ DECISION_COLUMNS = (
     "is_late",
     "ruleset_version",
     "model_version",
+    "shadow_score",
+    "shadow_model_version",
 )
 LATE_REASON = "late_event: arrived after the allowed lateness; stateful features are null"
 CARD_PRESENT = "card_present"
 _ACTION_NAMES = np.array(ACTIONS)
 _COLUMN_TYPES: dict[str, pl.DataType] = {**TRANSACTION_SCHEMA, CARD_PRESENT: pl.Boolean()}
+_NUMBER_COLUMNS = frozenset(
+    c for c, t in _COLUMN_TYPES.items() if t.is_numeric() or t == pl.Boolean
+)
+_TEXT_COLUMNS = frozenset(_COLUMN_TYPES) - _NUMBER_COLUMNS
 
 
 class Decisions:
@@ -74,6 +82,8 @@ class Decisions:
         reasons: _Lists,
         ruleset_version: str,
         model_version: str | None,
+        shadow_score: npt.NDArray[np.float64] | None = None,
+        shadow_model_version: str | None = None,
     ) -> None:
         self._inputs = inputs
         self.rule_ids = rule_ids
@@ -86,6 +96,8 @@ class Decisions:
         self.reasons = reasons
         self.ruleset_version = ruleset_version
         self.model_version = model_version
+        self.shadow_score = shadow_score
+        self.shadow_model_version = shadow_model_version
         self._frame: pl.DataFrame | None = None
 
     @property
@@ -127,21 +139,26 @@ class Decisions:
 
     def _decision_series(self) -> list[pl.Series]:
         rows = len(self)
-        if self.model_score is None:
-            model = pl.Series("model_score", [None] * rows, dtype=pl.Float64)
-        else:
-            model = pl.Series("model_score", self.model_score, dtype=pl.Float64).fill_nan(None)
         return [
             pl.Series("score", np.round(self.score, 6)),
             pl.Series("rule_score", np.round(self.rule_score, 6)),
-            model,
+            _optional_scores("model_score", self.model_score, rows),
             pl.Series("action", self.action, dtype=pl.String),
             pl.Series("is_flagged", self.is_flagged),
             self.rules_fired.to_series("rules_fired"),
             self.reasons.to_series("reasons"),
             pl.Series("ruleset_version", [self.ruleset_version] * rows, dtype=pl.String),
             pl.Series("model_version", [self.model_version] * rows, dtype=pl.String),
+            _optional_scores("shadow_score", self.shadow_score, rows),
+            pl.Series("shadow_model_version", [self.shadow_model_version] * rows, pl.String),
         ]
+
+
+def _optional_scores(name: str, scores: npt.NDArray[np.float64] | None, rows: int) -> pl.Series:
+    """A score column, null where there is no model or it could not score the row."""
+    if scores is None:
+        return pl.Series(name, [None] * rows, dtype=pl.Float64)
+    return pl.Series(name, np.round(scores, 6), dtype=pl.Float64).fill_nan(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +246,8 @@ class Engine:
     """Scores batches with a ruleset, an optional model and decision thresholds.
 
     The engine holds no per-entity state (that is the `FeatureState` passed to `process`) and
-    reads no clock; ruleset and model can be swapped between batches.
+    reads no clock; ruleset and models can be swapped between batches. The `shadow` model is
+    scored beside the live one and stored, but never moves a decision.
     """
 
     def __init__(
@@ -237,10 +255,38 @@ class Engine:
         ruleset: CompiledRuleset,
         decision: DecisionConfig | None = None,
         model: ModelScorer | None = None,
+        shadow: ModelScorer | None = None,
     ) -> None:
         self.decision = decision or DecisionConfig()
-        self.model = model
         self.ruleset = ruleset
+        self.model = model
+        self.shadow = shadow
+
+    @property
+    def model(self) -> ModelScorer | None:
+        return self._model
+
+    @model.setter
+    def model(self, model: ModelScorer | None) -> None:
+        self._model = self._checked(model)
+
+    @property
+    def shadow(self) -> ModelScorer | None:
+        return self._shadow
+
+    @shadow.setter
+    def shadow(self, model: ModelScorer | None) -> None:
+        self._shadow = self._checked(model)
+
+    @staticmethod
+    def _checked(model: ModelScorer | None) -> ModelScorer | None:
+        """Refuse a model that wants a text column as a number (feature names are checked
+        against the state's features on the first batch: the engine holds no feature config)."""
+        if model is not None:
+            text = [name for name in model.feature_names if name in _TEXT_COLUMNS]
+            if text:
+                raise ConfigError(f"model {model.version}: text columns as inputs: {text}")
+        return model
 
     @property
     def ruleset(self) -> CompiledRuleset:
@@ -273,7 +319,8 @@ class Engine:
         inputs = _BatchInputs(batch, features)
         hit_matrix, _ = self._ruleset.evaluate_batch(inputs)
         by_rules = rule_scores(hit_matrix, self._weights)
-        model_score, drivers = self._model_scores(inputs)
+        model_score, drivers = self._model_scores(self._model, inputs)
+        shadow_score, _ = self._model_scores(self._shadow, inputs)
         score = combine_scores(by_rules, model_score)
         action_rank = actions_for(score, hit_matrix, self._rule_actions, self.decision)
         rules_fired, reasons = self._fired_and_reasons(inputs, hit_matrix, drivers)
@@ -288,7 +335,9 @@ class Engine:
             rules_fired=rules_fired,
             reasons=reasons,
             ruleset_version=self._ruleset.version,
-            model_version=self.model.version if self.model else None,
+            model_version=self._model.version if self._model else None,
+            shadow_score=shadow_score,
+            shadow_model_version=self._shadow.version if self._shadow else None,
         )
 
     def warm_up(self, config: FeatureConfig) -> None:
@@ -315,19 +364,27 @@ class Engine:
         frame = to_frame(transactions).with_columns(pl.Series("warm_up", [False, True]))
         self.process(frame, FeatureState(config), decide="warm_up").outcome  # noqa: B018
 
+    @staticmethod
     def _model_scores(
-        self, inputs: _BatchInputs
-    ) -> tuple[npt.NDArray[np.float64] | None, list[list[str]] | None]:
-        if self.model is None:
+        model: ModelScorer | None, inputs: _BatchInputs
+    ) -> tuple[npt.NDArray[np.float64] | None, Mapping[int, list[str]] | None]:
+        if model is None:
             return None, None
-        output = self.model.score(inputs.frame().select(self.model.feature_names))
+        known = inputs.features.index
+        missing = [n for n in model.feature_names if n not in known and n not in _NUMBER_COLUMNS]
+        if missing:
+            raise ConfigError(f"model {model.version}: the engine computes no {missing}")
+        matrix = np.empty((inputs.rows, len(model.feature_names)), dtype=np.float64)
+        for j, name in enumerate(model.feature_names):
+            matrix[:, j] = inputs.number(name)
+        output = model.score(matrix)
         return np.clip(output.scores, 0.0, 1.0), output.drivers
 
     def _fired_and_reasons(
         self,
         inputs: _BatchInputs,
         hit_matrix: npt.NDArray[np.bool_],
-        drivers: list[list[str]] | None,
+        drivers: Mapping[int, list[str]] | None,
     ) -> tuple[_Lists, _Lists]:
         """Per row: the fired rule ids, and each fired rule with the values it saw (then the
         model's drivers). Strings are built in plain Python for the rows something fired on:
@@ -355,7 +412,7 @@ class Engine:
                 if is_late:
                     reasons.append(LATE_REASON)
                 reason_counts[row] = len(reasons) - reasons_before
-        if drivers is not None:
+        if drivers:
             reasons, reason_counts = _with_model_reasons(reasons, reason_counts, drivers)
         return _Lists(fired, fired_counts), _Lists(reasons, reason_counts)
 
@@ -390,15 +447,18 @@ def _show_count(value: float) -> str:
 
 
 def _with_model_reasons(
-    reasons: list[str], counts: npt.NDArray[np.int32], drivers: list[list[str]]
+    reasons: list[str], counts: npt.NDArray[np.int32], drivers: Mapping[int, list[str]]
 ) -> tuple[list[str], npt.NDArray[np.int32]]:
-    """Append `model: <driver>` to each row's rule reasons."""
+    """Append `model: <driver>` after the rule reasons of each row the model explained."""
+    ends = np.cumsum(counts)
     merged: list[str] = []
-    start = 0
-    for row, row_drivers in enumerate(drivers):
-        end = start + int(counts[row])
-        merged.extend(reasons[start:end])
-        merged.extend(f"model: {d}" for d in row_drivers)
-        start = end
-    merged_counts = counts + np.array([len(d) for d in drivers], dtype=np.int32)
+    taken = 0
+    merged_counts = counts.copy()
+    for row in sorted(drivers):
+        end = int(ends[row])
+        merged.extend(reasons[taken:end])
+        merged.extend(f"model: {d}" for d in drivers[row])
+        merged_counts[row] += len(drivers[row])
+        taken = end
+    merged.extend(reasons[taken:])
     return merged, merged_counts

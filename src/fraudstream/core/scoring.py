@@ -1,30 +1,35 @@
 """The model-scoring interface the engine calls on every batch.
 
-A model sees the batch's feature columns and returns, per row, a fraud probability-like score in
-[0, 1] and the features that pushed that score up the most (its reason codes). The ML layer
-(Isolation Forest, gradient boosting) implements this protocol; the core only depends on it.
+A model sees the batch's inputs as one float matrix (a row per transaction, a column per name in
+`feature_names`, NaN where a value is unknown) and returns, per row, a fraud probability-like
+score in [0, 1]. For the rows it explains (those scoring high enough to matter), it also names
+the features that pushed the score up the most: its reason codes. Explaining only those rows
+keeps a quiet batch cheap. The ML layer (Isolation Forest, gradient boosting) implements this
+protocol; the core only depends on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-import polars as pl
 
 
 @dataclass(frozen=True, slots=True)
 class ModelOutput:
-    """Scores in [0, 1] (NaN when the model cannot score a row) and each row's top drivers."""
+    """Scores in [0, 1] (NaN when the model cannot score a row) and, for the rows the model
+    explains, their top drivers (row index -> descriptions such as `amount=950.0`)."""
 
     scores: npt.NDArray[np.float64]
-    drivers: list[list[str]]
+    drivers: Mapping[int, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if len(self.drivers) != self.scores.shape[0]:
-            raise ValueError("ModelOutput: one list of drivers per score")
+        rows = self.scores.shape[0]
+        if any(not 0 <= row < rows for row in self.drivers):
+            raise ValueError("ModelOutput: a driver names a row outside the batch")
 
 
 @runtime_checkable
@@ -37,6 +42,6 @@ class ModelScorer(Protocol):
     @property
     def feature_names(self) -> tuple[str, ...]: ...
 
-    def score(self, features: pl.DataFrame) -> ModelOutput:
-        """Score every row of `features` (which holds at least `feature_names`)."""
+    def score(self, inputs: npt.NDArray[np.float64]) -> ModelOutput:
+        """Score every row of `inputs` (one column per `feature_names`, NaN for unknown)."""
         ...

@@ -22,10 +22,13 @@ from pathlib import Path
 import polars as pl
 
 from fraudstream.core.engine import Engine
-from fraudstream.core.errors import InvalidTransaction
+from fraudstream.core.errors import ConfigError, InvalidTransaction
 from fraudstream.core.events import TRANSACTION_SCHEMA, conform
 from fraudstream.core.features import FeatureConfig, FeatureState
 from fraudstream.ml import metrics
+from fraudstream.ml.artifact import Kind
+from fraudstream.ml.evaluate import Comparison, compare
+from fraudstream.ml.train import TimeSplit, model_inputs
 from fraudstream.runners.replay import replay, scenario_report
 
 LABEL: str = "is_fraud"
@@ -100,6 +103,7 @@ class BacktestReport:
     ruleset_version: str
     rules: pl.DataFrame
     scenarios: pl.DataFrame | None = field(default=None)
+    comparison: Comparison | None = field(default=None)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -115,6 +119,7 @@ class BacktestReport:
             "ruleset_version": self.ruleset_version,
             "rules": self.rules.to_dicts(),
             "scenarios": None if self.scenarios is None else self.scenarios.to_dicts(),
+            "models": None if self.comparison is None else self.comparison.as_dict(),
         }
 
     def to_json(self) -> str:
@@ -122,12 +127,18 @@ class BacktestReport:
 
     def to_html(self) -> str:
         """A self-contained page; every value is escaped."""
-        summary = {k: v for k, v in self.as_dict().items() if k not in ("rules", "scenarios")}
+        summary = {
+            k: v for k, v in self.as_dict().items() if k not in ("rules", "scenarios", "models")
+        }
         parts = ["<!doctype html><meta charset=utf-8><title>fraudstream backtest</title>"]
         parts.append("<h1>Backtest</h1>" + _html_table(pl.DataFrame([summary])))
         parts.append("<h2>Rules</h2>" + _html_table(self.rules))
         if self.scenarios is not None:
             parts.append("<h2>Scenarios</h2>" + _html_table(self.scenarios))
+        if self.comparison is not None:
+            window = f"trained before {self.comparison.split.train_end:%Y-%m-%d %H:%M}"
+            parts.append(f"<h2>Models ({html.escape(window)})</h2>")
+            parts.append(_html_table(self.comparison.table))
         return "\n".join(parts)
 
 
@@ -156,23 +167,33 @@ def backtest(
     k: int = 100,
     alert_rate: float = 0.01,
     batch_size: int = 1000,
+    split: TimeSplit | None = None,
+    kinds: tuple[Kind, ...] = (),
+    seed: int = 0,
 ) -> BacktestReport:
-    """Score the whole history from an empty state and measure the decisions and each rule."""
+    """Score the whole history from an empty state and measure the decisions and each rule.
+
+    With a `split`, also train each model kind in `kinds` on the window before it and compare
+    rules, models and rules+model on the window after it (see `ml.evaluate`)."""
+    if split is not None and engine.model is not None:
+        raise ConfigError("a backtest that trains models compares them with the rules alone")
     decisions, progress = replay(history.transactions, engine, FeatureState(config), batch_size)
-    scored = decisions.select(
-        "transaction_id",
-        "timestamp",
-        pl.coalesce("card_ref", "customer_id").alias("card"),
-        "score",
-        "is_flagged",
-        "rules_fired",
-    ).join(history.labels, on="transaction_id", how="inner")
+    scored = decisions.with_columns(pl.coalesce("card_ref", "customer_id").alias("card")).join(
+        history.labels, on="transaction_id", how="inner", maintain_order="left"
+    )
     scores = scored.get_column("score").to_numpy()
     labels = scored.get_column(LABEL).to_numpy().astype(bool)
     rules = metrics.with_every_rule(metrics.rule_table(scored), list(engine.ruleset.rule_ids))
     scenarios = None
     if SCENARIO in history.labels.columns:
         scenarios = scenario_report(decisions, history.labels)
+    comparison = None
+    if split is not None:
+        names = model_inputs(config)
+        comparison = compare(
+            scored, split, names, kinds, alert_rate=alert_rate, k=k, decision=engine.decision,
+            seed=seed,
+        )  # fmt: skip
     return BacktestReport(
         transactions=scored.height,
         fraud=int(labels.sum()),
@@ -186,4 +207,5 @@ def backtest(
         ruleset_version=engine.ruleset.version,
         rules=rules,
         scenarios=scenarios,
+        comparison=comparison,
     )

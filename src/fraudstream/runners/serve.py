@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fraudstream.adapters.kafka import ensure_topics
 from fraudstream.adapters.kafka_sinks import DeadLetterTopicSink, DecisionsTopicSink, new_consumer
+from fraudstream.adapters.model_registry import ModelRegistry
 from fraudstream.adapters.postgres import PostgresSink
 from fraudstream.adapters.postgres_schema import migrate
 from fraudstream.adapters.redis_state import CheckpointStore
@@ -20,7 +21,10 @@ from fraudstream.config import Settings, SettingsError
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.features import FeatureConfig
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
+from fraudstream.ml.artifact import signing_key
+from fraudstream.ml.train import model_inputs
 from fraudstream.ports import Sink
+from fraudstream.runners.models import ModelWatcher
 from fraudstream.runners.stream_state import StreamState
 from fraudstream.runners.worker import Worker, WorkerTotals
 
@@ -38,25 +42,49 @@ def prepare_pipeline(settings: Settings) -> None:
 
 
 def engine_source(settings: Settings, config: FeatureConfig) -> Callable[[], Engine]:
-    """The current engine, its ruleset reloaded from `worker.rules_file` when that changes."""
+    """The current engine: its ruleset reloaded from `worker.rules_file` when that changes,
+    its live and shadow models from the `models` table when those change."""
     columns = available_columns(config)
     path = settings.worker.rules_file
-    if path is None:
-        engine = Engine(compile_ruleset(parse_ruleset(load_default_ruleset_text()), columns))
-        return lambda: engine
-    rules = RulesFile(path, columns)
-    engine = Engine(rules.current)
+    rules = None if path is None else RulesFile(path, columns)
+    ruleset = (
+        compile_ruleset(parse_ruleset(load_default_ruleset_text()), columns)
+        if rules is None
+        else rules.current
+    )
+    engine = Engine(ruleset)
+    models = model_watcher(settings, config)
 
     def current() -> Engine:
-        result = rules.poll()
-        if result.reloaded:
-            engine.ruleset = rules.current
-            log.info("ruleset %s -> %s", result.previous_version, result.version)
-        elif result.failed:
-            log.error("ruleset change rejected, keeping %s: %s", result.version, result.error)
+        if rules is not None:
+            result = rules.poll()
+            if result.reloaded:
+                engine.ruleset = rules.current
+                log.info("ruleset %s -> %s", result.previous_version, result.version)
+            elif result.failed:
+                log.error("ruleset change rejected, keeping %s: %s", result.version, result.error)
+        models.poll(engine)
         return engine
 
     return current
+
+
+def model_watcher(settings: Settings, config: FeatureConfig) -> ModelWatcher:
+    """A watcher of the pipeline database's `models` table, verifying with the signing key."""
+    inputs = [*model_inputs(config), "latitude", "longitude"]
+    return ModelWatcher(
+        ModelRegistry(_postgres_url(settings)),
+        model_signing_key(settings),
+        inputs,
+        settings.models.poll_interval_s,
+    )
+
+
+def model_signing_key(settings: Settings) -> bytes:
+    configured = settings.models.signing_key
+    return signing_key(
+        None if configured is None else configured.get_secret_value(), settings.stack.data_dir
+    )
 
 
 def build_worker(settings: Settings, name: str = "worker") -> Worker:

@@ -1,0 +1,114 @@
+"""Trained models behind the engine's `ModelScorer` protocol.
+
+Both scorers take the engine's input matrix (NaN for unknown values) and return a score in
+[0, 1] that the decision thresholds can read, and reason codes for the rows scoring at or above
+`explain_at` (the others cost nothing to explain):
+
+* `IsolationForestScorer` (no labels): the forest's anomaly score is mapped through anchors
+  taken from the training data, so that the `alert_rate` most anomalous share of the training
+  traffic lands at 0.5 (review) and a tenth of that at 0.9 (decline). Its reasons are the
+  inputs furthest from their training median, in units of their spread.
+* `GradientBoostingScorer` (labels): LightGBM's probability, trained with the fraud class
+  weighted up and brought back to the real base rate (the odds divided by the weight), so 0.5
+  still means "as likely fraud as not". Its reasons are the inputs with the largest positive
+  SHAP contributions, which LightGBM computes exactly for trees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import IsolationForest
+
+from fraudstream.core.scoring import ModelOutput
+
+Matrix = npt.NDArray[np.float64]
+REASONS_PER_ROW = 3
+
+
+@dataclass(frozen=True)
+class IsolationForestScorer:
+    """An Isolation Forest with what it needs to score a stream: NaN fill values, the
+    anomaly-to-score anchors, and each input's typical value and spread for reasons."""
+
+    version: str
+    feature_names: tuple[str, ...]
+    forest: IsolationForest
+    fill: Matrix
+    anchors: Matrix
+    center: Matrix
+    spread: Matrix
+    explain_at: float = 0.5
+
+    def anomaly(self, inputs: Matrix) -> Matrix:
+        """The forest's anomaly score (higher = more isolated), unknown values at the median."""
+        filled = np.where(np.isnan(inputs), self.fill, inputs)
+        return np.asarray(-self.forest.score_samples(filled), dtype=np.float64)
+
+    def score(self, inputs: Matrix) -> ModelOutput:
+        scores = np.interp(self.anomaly(inputs), self.anchors, _ANCHOR_SCORES)
+        rows = np.flatnonzero(scores >= self.explain_at)
+        if rows.size == 0:
+            return ModelOutput(scores)
+        distance = np.abs(inputs[rows] - self.center) / self.spread
+        return ModelOutput(scores, _top_drivers(rows, distance, inputs, self.feature_names))
+
+
+_ANCHOR_SCORES = np.array([0.0, 0.5, 0.9, 1.0])
+
+
+def anomaly_anchors(anomaly: Matrix, alert_rate: float) -> Matrix:
+    """Training anomaly quantiles that map to scores 0, 0.5, 0.9 and 1 (strictly increasing,
+    as `np.interp` needs)."""
+    quantiles = [0.0, 1.0 - alert_rate, 1.0 - alert_rate / 10, 1.0]
+    anchors = np.quantile(anomaly, quantiles)
+    for i in range(1, anchors.size):
+        anchors[i] = max(anchors[i], anchors[i - 1] + 1e-9)
+    return anchors
+
+
+@dataclass(frozen=True)
+class GradientBoostingScorer:
+    """A LightGBM booster whose training weighted fraud by `positive_weight`."""
+
+    version: str
+    feature_names: tuple[str, ...]
+    booster: lgb.Booster
+    positive_weight: float = 1.0
+    explain_at: float = 0.5
+
+    def probability(self, inputs: Matrix) -> Matrix:
+        weighted = np.asarray(self.booster.predict(inputs, num_threads=1), dtype=np.float64)
+        return weighted / (weighted + self.positive_weight * (1.0 - weighted))
+
+    def score(self, inputs: Matrix) -> ModelOutput:
+        scores = self.probability(inputs)
+        rows = np.flatnonzero(scores >= self.explain_at)
+        if rows.size == 0:
+            return ModelOutput(scores)
+        contributions = np.asarray(
+            self.booster.predict(inputs[rows], pred_contrib=True, num_threads=1)
+        )[:, :-1]  # the last column is the bias
+        return ModelOutput(scores, _top_drivers(rows, contributions, inputs, self.feature_names))
+
+
+def _top_drivers(
+    rows: npt.NDArray[np.intp], weight: Matrix, inputs: Matrix, names: tuple[str, ...]
+) -> dict[int, list[str]]:
+    """For each row, the inputs with the largest positive weight, shown with their values."""
+    weight = np.where(np.isnan(weight), -np.inf, weight)
+    order = np.argsort(-weight, axis=1)[:, :REASONS_PER_ROW]
+    drivers: dict[int, list[str]] = {}
+    for k, row in enumerate(rows.tolist()):
+        picked = [j for j in order[k].tolist() if weight[k, j] > 0]
+        drivers[row] = [f"{names[j]}={_show(inputs[row, j])}" for j in picked]
+    return drivers
+
+
+def _show(value: float) -> str:
+    if np.isnan(value):
+        return "null"
+    return f"{value:.6g}"
