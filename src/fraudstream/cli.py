@@ -184,6 +184,7 @@ def worker(
 ) -> None:
     """Score the transactions topic in the worker group until SIGTERM or Ctrl-C, then finish
     the batch in hand, commit and exit 0."""
+    stopping = _stop_on_signals()  # first: a SIGTERM while the imports run is a clean stop too
     from fraudstream.runners.serve import serve  # noqa: PLC0415
     from fraudstream.stack import running_stack_settings  # noqa: PLC0415
 
@@ -191,7 +192,6 @@ def worker(
         level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
     )
     settings = running_stack_settings(settings_or_exit())
-    stopping = _stop_on_signals()
     try:
         totals = serve(settings, stopping, name)
     except FraudstreamError as error:

@@ -74,10 +74,10 @@ def comparison_table(comparison: Comparison) -> Table:
         f"({comparison.test_rows:,} tx, {comparison.test_fraud:,} fraud)"
     )
     table = Table(title=title)
-    headers = ("variant", "ROC AUC", "avg precision", "recall@alert rate", "card prec@k/day",
-               "flagged", "flag precision", "flag recall")  # fmt: skip
+    headers = ("ROC AUC", "avg prec", "recall@rate", "card P@k", "flagged", "flag P", "flag R")
+    table.add_column("variant", no_wrap=True)
     for header in headers:
-        table.add_column(header, justify="left" if header == "variant" else "right")
+        table.add_column(header, justify="right")
     for row in comparison.table.iter_rows(named=True):
         table.add_row(
             row["variant"],

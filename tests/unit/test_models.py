@@ -21,7 +21,8 @@ from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.ml.artifact import ModelError, dump_artifact, load_artifact
 from fraudstream.ml.backtest import History, backtest
 from fraudstream.ml.evaluate import Comparison
-from fraudstream.ml.train import TimeSplit, fraction_split, input_matrix, model_inputs
+from fraudstream.ml.inputs import input_matrix, model_inputs
+from fraudstream.ml.train import TimeSplit, fraction_split
 
 KEY = b"test-signing-key"
 KINDS = ("isolation_forest", "gradient_boosting")

@@ -34,6 +34,10 @@ class ConfigError(FraudstreamError):
     """A feature, decision or engine setting is inconsistent; the message names the setting."""
 
 
+class ModelError(FraudstreamError):
+    """A model file that is not ours, not intact, or not signed with this deployment's key."""
+
+
 class SnapshotError(FraudstreamError):
     """A state snapshot does not fit this feature configuration or is incomplete; the message
     names the array."""

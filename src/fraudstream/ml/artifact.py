@@ -20,18 +20,15 @@ import hashlib
 import hmac
 import io
 import json
-import os
-import secrets
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal
 
 import lightgbm as lgb
 import numpy as np
 import skops.io as sio
 
-from fraudstream.core.errors import FraudstreamError
+from fraudstream.core.errors import ModelError
 from fraudstream.ml.scorers import GradientBoostingScorer, IsolationForestScorer
 
 Kind = Literal["isolation_forest", "gradient_boosting"]
@@ -73,10 +70,7 @@ _SKOPS_TYPES: Final = frozenset(
 """Every type an Isolation Forest's skops file may name; anything else is refused unread."""
 
 Scorer = IsolationForestScorer | GradientBoostingScorer
-
-
-class ModelError(FraudstreamError):
-    """A model file that is not ours, not intact, or not signed with this deployment's key."""
+__all__ = ["Artifact", "ModelError", "dump_artifact", "load_artifact"]
 
 
 @dataclass(frozen=True)
@@ -219,24 +213,3 @@ def _sign(key: bytes, meta: bytes, payload: bytes) -> bytes:
     digest.update(b"\0")
     digest.update(payload)
     return digest.hexdigest().encode()
-
-
-def signing_key(configured: str | None, data_dir: Path) -> bytes:
-    """The configured key, or this machine's own (created once, readable by its owner only)
-    when none is configured: every worker of a deployment on several machines needs the
-    same configured key."""
-    if configured:
-        return configured.encode()
-    path = data_dir / "model-signing.key"
-    if not path.exists():  # written aside, then linked: two starting workers agree on one key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
-        draft.touch(mode=0o600)
-        draft.write_text(secrets.token_hex(32))
-        try:
-            os.link(draft, path)
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
-    return path.read_text().strip().encode()

@@ -28,7 +28,8 @@ from fraudstream.core.features import FeatureConfig, FeatureState
 from fraudstream.ml import metrics
 from fraudstream.ml.artifact import Kind
 from fraudstream.ml.evaluate import Comparison, compare
-from fraudstream.ml.train import TimeSplit, model_inputs
+from fraudstream.ml.inputs import model_inputs
+from fraudstream.ml.train import TimeSplit
 from fraudstream.runners.replay import replay, scenario_report
 
 LABEL: str = "is_fraud"
@@ -53,6 +54,8 @@ def read_history(
     """Read a CSV or Parquet history; `mapping` renames the dataset's columns to the engine's
     (`{"customer_id": "CUSTOMER_ID", ...}`). Raises `InvalidTransaction` naming what is
     missing or unknown."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
     if path.suffix.lower() == ".parquet":
         raw = pl.read_parquet(path)
     elif path.suffix.lower() == ".csv":

@@ -20,9 +20,9 @@ import polars as pl
 from fraudstream.core.decision import DecisionConfig
 from fraudstream.ml import metrics
 from fraudstream.ml.artifact import Kind, Scorer
+from fraudstream.ml.inputs import input_matrix
 from fraudstream.ml.train import (
     TimeSplit,
-    input_matrix,
     model_version,
     train_gradient_boosting,
     train_isolation_forest,

@@ -19,7 +19,6 @@ import polars as pl
 from sklearn.ensemble import IsolationForest
 
 from fraudstream.core.errors import ConfigError
-from fraudstream.core.features import FeatureConfig
 from fraudstream.ml.scorers import (
     GradientBoostingScorer,
     IsolationForestScorer,
@@ -30,17 +29,6 @@ from fraudstream.ml.scorers import (
 MAX_POSITIVE_WEIGHT = 50.0
 """Fraud rows weigh neg/pos times a legitimate one, up to this: enough to make the trees look
 at a 1 % class, not so much that a handful of frauds dominate the splits."""
-
-
-def model_inputs(config: FeatureConfig) -> tuple[str, ...]:
-    """What a model reads: the amount, whether the card was present, and every feature."""
-    return ("amount", "card_present", *config.names)
-
-
-def input_matrix(frame: pl.DataFrame, names: tuple[str, ...]) -> Matrix:
-    """The named columns of a scored frame as floats, NaN where null (the engine's layout)."""
-    columns = [pl.col(name).cast(pl.Float64) for name in names]
-    return frame.select(columns).to_numpy().astype(np.float64, copy=False)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,16 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from fraudstream.adapters.model_registry import ROLES, ModelRegistry, Role, Serving
 from fraudstream.core.engine import Engine
-from fraudstream.core.errors import ConfigError
-from fraudstream.ml.artifact import ModelError, Scorer, load_artifact
+from fraudstream.core.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from fraudstream.ml.artifact import Scorer
 
 log = logging.getLogger("fraudstream.models")
 
@@ -92,6 +95,9 @@ class ModelWatcher:
         self._loaded[role] = wanted
 
     def _load(self, target: Serving) -> Scorer:
+        # imported on the first model: LightGBM and skops add seconds to a worker's start
+        from fraudstream.ml.artifact import load_artifact  # noqa: PLC0415
+
         data = self._registry.artifact(target.version)
         source = f"model {target.version}"
         if hashlib.sha256(data).hexdigest() != target.sha256:

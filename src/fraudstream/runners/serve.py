@@ -21,8 +21,8 @@ from fraudstream.config import Settings, SettingsError
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.features import FeatureConfig
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
-from fraudstream.ml.artifact import signing_key
-from fraudstream.ml.train import model_inputs
+from fraudstream.ml.inputs import model_inputs
+from fraudstream.ml.signing import signing_key
 from fraudstream.ports import Sink
 from fraudstream.runners.models import ModelWatcher
 from fraudstream.runners.stream_state import StreamState
