@@ -157,7 +157,7 @@ def train(
     file.write_bytes(data)
     console.print(f"model {scorer.version} written to {file}")
     if register or activate:
-        _register(_registry(settings), data, file, activate)
+        _register(_registry(settings), data, file, activate, _key(settings))
 
 
 @models_app.command("register")
@@ -168,7 +168,7 @@ def models_register(
     """Verify a model file and store it in the `models` table."""
     settings = settings_or_exit()
     try:
-        _register(_registry(settings), file.read_bytes(), file, activate)
+        _register(_registry(settings), file.read_bytes(), file, activate, _key(settings))
     except (FraudstreamError, OSError) as error:
         console.print(f"[red]rejected:[/red] {error}")
         raise typer.Exit(2) from None
@@ -218,11 +218,12 @@ def models_list() -> None:
     console.print(table)
 
 
-def _register(registry: ModelRegistry, data: bytes, file: Path, activate: str | None) -> None:
+def _register(
+    registry: ModelRegistry, data: bytes, file: Path, activate: str | None, key: bytes
+) -> None:
     from fraudstream.ml.artifact import load_artifact  # noqa: PLC0415
 
-    settings = settings_or_exit()
-    artifact = load_artifact(data, _key(settings), str(file))
+    artifact = load_artifact(data, key, str(file))
     sha = hashlib.sha256(data).hexdigest()
     fresh = registry.register(artifact.version, artifact.kind, data, sha, artifact.metadata)
     console.print(f"{artifact.version} {'registered' if fresh else 'was already registered'}")

@@ -104,7 +104,7 @@ class _ConstantModel:
     version = "const-1"
     feature_names = ("amount", "amount_zscore_by_card")
 
-    def score(self, inputs: np.ndarray) -> ModelOutput:
+    def score(self, inputs: np.ndarray, explain: bool = True) -> ModelOutput:
         scores = np.where(inputs[:, 0] > 100, 0.95, 0.1)
         return ModelOutput(scores, {i: ["amount"] for i in np.flatnonzero(scores > 0.5)})
 

@@ -175,7 +175,7 @@ class _Wants:
     def __init__(self, *names: str) -> None:
         self.feature_names = names
 
-    def score(self, inputs: np.ndarray) -> object:
+    def score(self, inputs: np.ndarray, explain: bool = True) -> object:
         raise AssertionError("never scored")
 
 

@@ -11,9 +11,10 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
+from fraudstream.adapters.postgres_schema import FRAME_NAMES
 from fraudstream.core.events import TRANSACTION_SCHEMA
 
-_STORED_NAMES = {"timestamp": "event_time"}
+_STORED_NAMES = {frame: stored for stored, frame in FRAME_NAMES.items()}
 
 
 def labelled_history(url: str) -> tuple[pl.DataFrame, pl.DataFrame]:

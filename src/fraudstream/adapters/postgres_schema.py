@@ -69,10 +69,10 @@ FRAUD_COLUMNS: Final = (
 )  # fmt: skip
 """What `fraud_transactions` stores of a flagged transaction, in COPY order."""
 
-_FRAME_NAMES: Final = {"event_time": "timestamp"}
+FRAME_NAMES: Final = {"event_time": "timestamp"}
 """Stored columns whose name in the engine's frame differs."""
 
-_FRAME_COLUMNS: Final = tuple(_FRAME_NAMES.get(column, column) for column in TRANSACTION_COLUMNS)
+_FRAME_COLUMNS: Final = tuple(FRAME_NAMES.get(column, column) for column in TRANSACTION_COLUMNS)
 _ARRAY_COLUMNS: Final = ("rules_fired", "reasons")
 _UTC_DATETIME: Final = "%Y-%m-%d %H:%M:%S%.6f+00"
 

@@ -319,8 +319,8 @@ class Engine:
         inputs = _BatchInputs(batch, features)
         hit_matrix, _ = self._ruleset.evaluate_batch(inputs)
         by_rules = rule_scores(hit_matrix, self._weights)
-        model_score, drivers = self._model_scores(self._model, inputs)
-        shadow_score, _ = self._model_scores(self._shadow, inputs)
+        model_score, drivers = self._model_scores(self._model, inputs, explain=True)
+        shadow_score, _ = self._model_scores(self._shadow, inputs, explain=False)
         score = combine_scores(by_rules, model_score)
         action_rank = actions_for(score, hit_matrix, self._rule_actions, self.decision)
         rules_fired, reasons = self._fired_and_reasons(inputs, hit_matrix, drivers)
@@ -366,7 +366,7 @@ class Engine:
 
     @staticmethod
     def _model_scores(
-        model: ModelScorer | None, inputs: _BatchInputs
+        model: ModelScorer | None, inputs: _BatchInputs, *, explain: bool
     ) -> tuple[npt.NDArray[np.float64] | None, Mapping[int, list[str]] | None]:
         if model is None:
             return None, None
@@ -377,7 +377,7 @@ class Engine:
         matrix = np.empty((inputs.rows, len(model.feature_names)), dtype=np.float64)
         for j, name in enumerate(model.feature_names):
             matrix[:, j] = inputs.number(name)
-        output = model.score(matrix)
+        output = model.score(matrix, explain=explain)
         return np.clip(output.scores, 0.0, 1.0), output.drivers
 
     def _fired_and_reasons(

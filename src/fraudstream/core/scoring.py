@@ -42,6 +42,7 @@ class ModelScorer(Protocol):
     @property
     def feature_names(self) -> tuple[str, ...]: ...
 
-    def score(self, inputs: npt.NDArray[np.float64]) -> ModelOutput:
-        """Score every row of `inputs` (one column per `feature_names`, NaN for unknown)."""
+    def score(self, inputs: npt.NDArray[np.float64], explain: bool = True) -> ModelOutput:
+        """Score every row of `inputs` (one column per `feature_names`, NaN for unknown);
+        `explain=False` skips the drivers (a shadow model's reasons are never shown)."""
         ...

@@ -100,7 +100,6 @@ def dump_artifact(scorer: Scorer, metadata: dict[str, Any], key: bytes) -> bytes
         numbers = {
             "fill": scorer.fill.tolist(),
             "anchors": scorer.anchors.tolist(),
-            "center": scorer.center.tolist(),
             "spread": scorer.spread.tolist(),
             "explain_at": scorer.explain_at,
         }
@@ -174,14 +173,14 @@ def _scorer(kind: Kind, meta: dict[str, Any], payload: bytes, source: str) -> Sc
         raise ModelError(f"{source}: payload names types outside the allowed list: {outside}")
     forest = sio.loads(payload, trusted=sorted(n for n in named if not n.startswith("loader:")))
     arrays = {name: np.asarray(numbers[name], dtype=np.float64) for name in _IF_ARRAYS}
-    if any(arrays[name].shape != (len(names),) for name in ("fill", "center", "spread")):
+    if any(arrays[name].shape != (len(names),) for name in ("fill", "spread")):
         raise ModelError(f"{source}: the model and its metadata disagree on its inputs")
     return IsolationForestScorer(
         meta["version"], names, forest, explain_at=float(numbers["explain_at"]), **arrays
     )
 
 
-_IF_ARRAYS: Final = ("fill", "anchors", "center", "spread")
+_IF_ARRAYS: Final = ("fill", "anchors", "spread")
 
 
 def _skops_types(payload: bytes, source: str) -> set[str]:

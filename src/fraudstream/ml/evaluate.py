@@ -99,7 +99,7 @@ def compare(
     rule_flag = window.get_column("is_flagged").to_numpy()
     rows = [_figures(window, "rules", rule_score, rule_flag, alert_rate, k)]
     for kind, scorer in models.items():
-        model_score = np.clip(scorer.score(inputs[test]).scores, 0.0, 1.0)
+        model_score = np.clip(scorer.score(inputs[test], explain=False).scores, 0.0, 1.0)
         model_flag = model_score >= review_at
         rows.append(_figures(window, kind, model_score, model_flag, alert_rate, k))
         rows.append(

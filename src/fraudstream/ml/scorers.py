@@ -31,15 +31,16 @@ REASONS_PER_ROW = 3
 
 @dataclass(frozen=True)
 class IsolationForestScorer:
-    """An Isolation Forest with what it needs to score a stream: NaN fill values, the
-    anomaly-to-score anchors, and each input's typical value and spread for reasons."""
+    """An Isolation Forest with what it needs to score a stream: each input's median, the
+    anomaly-to-score anchors, and each input's spread for reasons."""
 
     version: str
     feature_names: tuple[str, ...]
     forest: IsolationForest
     fill: Matrix
+    """Each input's training median: stands in for unknown values, and is the typical value
+    that reasons measure distance from."""
     anchors: Matrix
-    center: Matrix
     spread: Matrix
     explain_at: float = 0.5
 
@@ -48,12 +49,12 @@ class IsolationForestScorer:
         filled = np.where(np.isnan(inputs), self.fill, inputs)
         return np.asarray(-self.forest.score_samples(filled), dtype=np.float64)
 
-    def score(self, inputs: Matrix) -> ModelOutput:
+    def score(self, inputs: Matrix, explain: bool = True) -> ModelOutput:
         scores = np.interp(self.anomaly(inputs), self.anchors, _ANCHOR_SCORES)
-        rows = np.flatnonzero(scores >= self.explain_at)
+        rows = np.flatnonzero(scores >= self.explain_at) if explain else np.empty(0, np.intp)
         if rows.size == 0:
             return ModelOutput(scores)
-        distance = np.abs(inputs[rows] - self.center) / self.spread
+        distance = np.abs(inputs[rows] - self.fill) / self.spread
         return ModelOutput(scores, _top_drivers(rows, distance, inputs, self.feature_names))
 
 
@@ -84,9 +85,9 @@ class GradientBoostingScorer:
         weighted = np.asarray(self.booster.predict(inputs, num_threads=1), dtype=np.float64)
         return weighted / (weighted + self.positive_weight * (1.0 - weighted))
 
-    def score(self, inputs: Matrix) -> ModelOutput:
+    def score(self, inputs: Matrix, explain: bool = True) -> ModelOutput:
         scores = self.probability(inputs)
-        rows = np.flatnonzero(scores >= self.explain_at)
+        rows = np.flatnonzero(scores >= self.explain_at) if explain else np.empty(0, np.intp)
         if rows.size == 0:
             return ModelOutput(scores)
         contributions = np.asarray(

@@ -92,7 +92,7 @@ def train_isolation_forest(
     spread = np.where(spread > 0, spread, np.maximum(np.abs(fill), 1.0))
     return IsolationForestScorer(
         version, names, forest, fill=fill, anchors=anomaly_anchors(anomaly, alert_rate),
-        center=fill, spread=spread,
+        spread=spread,
     )  # fmt: skip
 
 

@@ -48,17 +48,13 @@ class ModelWatcher:
         self._clock = clock
         self._next_poll = 0.0
         self._loaded: dict[Role, _Loaded | None] = dict.fromkeys(ROLES)
-        self._refused: dict[_Loaded, str] = {}
+        self._refused: set[_Loaded] = set()
+        """Artifacts that failed a check: not fetched again until the registry changes."""
 
     @property
     def serving(self) -> dict[Role, str | None]:
         """The version each role of the engine holds now."""
         return {role: None if held is None else held[0] for role, held in self._loaded.items()}
-
-    @property
-    def refused(self) -> dict[str, str]:
-        """Versions refused so far, with the reason."""
-        return {version: reason for (version, _), reason in self._refused.items()}
 
     def poll(self, engine: Engine) -> None:
         now = self._clock()
@@ -74,20 +70,21 @@ class ModelWatcher:
             self._apply(engine, role, serving.get(role))
 
     def _apply(self, engine: Engine, role: Role, target: Serving | None) -> None:
-        wanted = None if target is None else (target.version, target.sha256)
-        if wanted == self._loaded[role] or (wanted is not None and wanted in self._refused):
+        if target is None:
+            if self._loaded[role] is not None:
+                _assign(engine, role, None)
+                log.info("%s model retired (was %s)", role, self.serving[role])
+                self._loaded[role] = None
             return
-        if target is None or wanted is None:
-            _assign(engine, role, None)
-            log.info("%s model retired (was %s)", role, self.serving[role])
-            self._loaded[role] = None
+        wanted = (target.version, target.sha256)
+        if wanted == self._loaded[role] or wanted in self._refused:
             return
         try:
             scorer = self._load(target)
             _assign(engine, role, scorer)
         except (ModelError, ConfigError, psycopg.Error) as error:
-            if not isinstance(error, psycopg.Error):
-                self._refused[wanted] = str(error)
+            if not isinstance(error, psycopg.Error):  # a database error is retried
+                self._refused.add(wanted)
             log.error("%s model %s refused, keeping %s: %s",
                       role, target.version, self.serving[role], error)  # fmt: skip
             return
