@@ -10,13 +10,18 @@ Both scorers take the engine's input matrix (NaN for unknown values) and return 
   inputs furthest from their training median, in units of their spread.
 * `GradientBoostingScorer` (labels): LightGBM's probability, trained with the fraud class
   weighted up and brought back to the real base rate (the odds divided by the weight), so 0.5
-  still means "as likely fraud as not". Its reasons are the inputs with the largest positive
-  SHAP contributions, which LightGBM computes exactly for trees.
+  still means "as likely fraud as not". Its reasons are the inputs that moved the row's raw
+  score up most along the paths it took through the trees (path attribution, also known as
+  Saabas values): at every split the change in the node's expected value is credited to the
+  split's feature. Exact SHAP (`pred_contrib`) cost 0.55 ms per explained row here, 25 times
+  the whole batch's prediction, while path attribution is a table lookup per tree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -90,10 +95,43 @@ class GradientBoostingScorer:
         rows = np.flatnonzero(scores >= self.explain_at) if explain else np.empty(0, np.intp)
         if rows.size == 0:
             return ModelOutput(scores)
-        contributions = np.asarray(
-            self.booster.predict(inputs[rows], pred_contrib=True, num_threads=1)
-        )[:, :-1]  # the last column is the bias
+        contributions = self.contributions(inputs[rows])
         return ModelOutput(scores, _top_drivers(rows, contributions, inputs, self.feature_names))
+
+    def contributions(self, inputs: Matrix) -> Matrix:
+        """Each input's share of each row's raw score (rows x inputs): the path attribution
+        of the leaves the row reached, summed over the trees."""
+        leaves = np.asarray(self.booster.predict(inputs, pred_leaf=True, num_threads=1))
+        leaves = leaves.reshape(inputs.shape[0], -1).astype(np.intp)
+        table = self._path_attribution
+        trees = np.arange(table.shape[0])
+        return np.asarray(table[trees, leaves].sum(axis=1), dtype=np.float64)
+
+    @cached_property
+    def _path_attribution(self) -> Matrix:
+        """trees x leaves x inputs: what each leaf's path credits to each input."""
+        trees = self.booster.dump_model()["tree_info"]
+        most_leaves = max(int(tree["num_leaves"]) for tree in trees)
+        table = np.zeros((len(trees), most_leaves, self.booster.num_feature()))
+        for t, tree in enumerate(trees):
+            _credit_paths(tree["tree_structure"], table[t], [])
+        return table
+
+
+def _credit_paths(node: dict[str, Any], leaves: Matrix, path: list[tuple[int, float]]) -> None:
+    """Fill `leaves[leaf]` with the credits along the path to each leaf under `node`;
+    `path` holds (feature, change in expected value) for the splits above it."""
+    if "leaf_value" in node:
+        for feature, change in path:
+            leaves[int(node.get("leaf_index", 0)), feature] += change
+        return
+    feature, value = int(node["split_feature"]), float(node["internal_value"])
+    for side in ("left_child", "right_child"):
+        child = node[side]
+        child_value = float(
+            child["leaf_value"] if "leaf_value" in child else child["internal_value"]
+        )
+        _credit_paths(child, leaves, [*path, (feature, child_value - value)])
 
 
 def _top_drivers(
