@@ -15,7 +15,13 @@ Three figures, one embedded stack, one JSON line:
   grows, so one figure could hide a drift); beside it the broker's floor: the same rate
   through the same producer settings to a plain consumer, published → consumed, no scoring.
 
-`--parts` runs only some of them (a one-hour latency run: `--parts latency --duration 3600`).
+`--parts` runs only some of them. The steady runs spread the generated stream's event times
+over `--duration`, so event time keeps pace with the wall clock and the feature windows hold
+what they would in production at that rate (a population of one customer per 50
+transactions). A one-hour run on settings that keep the embedded broker steady:
+
+    python bench/pipeline.py --parts floor,latency --duration 3600 --partitions 1 \
+        --linger-ms 250 --state memory
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import psycopg
 from confluent_kafka import Consumer
 
@@ -46,7 +54,33 @@ from fraudstream.stack import Endpoints, Stack
 PARTS = ("throughput", "seed", "floor", "latency")
 
 
-def pipeline_settings(endpoints: Endpoints, data_dir: Path, name: str) -> Settings:
+@dataclass(frozen=True)
+class Tuning:
+    """The knobs a long run on the embedded broker turns (see `KafkaSettings.linger_ms`)."""
+
+    partitions: int = 4
+    linger_ms: int = 50
+    state: str = "redis"
+
+
+def steady_stream(rate: float, duration: float) -> pl.DataFrame:
+    """`rate * duration` transactions whose event times span `duration` seconds."""
+    count = int(rate * duration)
+    config = GeneratorConfig(seed=6, n_transactions=count, n_customers=max(10_000, count // 50))
+    frame = generate(config).transactions
+    micros = frame.get_column("timestamp").dt.epoch("us")
+    first, span = micros.min(), max(1, micros.max() - micros.min())
+    scaled = first + (micros - first) * (duration * 1e6 / span)
+    return frame.with_columns(
+        pl.from_epoch(scaled.cast(pl.Int64), time_unit="us")
+        .dt.replace_time_zone("UTC")
+        .alias("timestamp")
+    )
+
+
+def pipeline_settings(
+    endpoints: Endpoints, data_dir: Path, name: str, tuning: Tuning = Tuning()
+) -> Settings:
     """Settings for a pipeline with its own topics, database and group."""
     with psycopg.connect(endpoints.postgres_url, autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {name}")
@@ -56,11 +90,13 @@ def pipeline_settings(endpoints: Endpoints, data_dir: Path, name: str) -> Settin
             "transactions_topic": f"{name}-transactions",
             "decisions_topic": f"{name}-decisions",
             "dead_letters_topic": f"{name}-dead-letters",
+            "partitions": tuning.partitions,
+            "linger_ms": tuning.linger_ms,
         },
         postgres={"url": endpoints.postgres_url.rsplit("/", 1)[0] + f"/{name}"},
         redis={"url": endpoints.redis_url},
         stack={"data_dir": data_dir},
-        worker={"group_id": f"{name}-workers", "session_timeout_ms": 6000},
+        worker={"group_id": f"{name}-workers", "session_timeout_ms": 6000, "state": tuning.state},
     )
 
 
@@ -86,8 +122,10 @@ def run_workers(settings: Settings, workers: int, log_dir: Path, expected: int, 
     return settings.postgres.url.get_secret_value()
 
 
-def throughput(endpoints: Endpoints, data_dir: Path, backlog: int, workers: int) -> dict:
-    settings = pipeline_settings(endpoints, data_dir, f"bench_{uuid.uuid4().hex[:8]}")
+def throughput(
+    endpoints: Endpoints, data_dir: Path, backlog: int, workers: int, tuning: Tuning
+) -> dict:
+    settings = pipeline_settings(endpoints, data_dir, f"bench_{uuid.uuid4().hex[:8]}", tuning)
     prepare_pipeline(settings)
     stream = generate(GeneratorConfig(seed=5, n_transactions=backlog))
     TransactionProducer(endpoints.kafka, settings.kafka.transactions_topic).publish(
@@ -139,21 +177,24 @@ def seed_style(endpoints: Endpoints, messages: int) -> dict:
     return {"rows": done, "tx_per_s": round(done / elapsed) if elapsed else None}
 
 
-def latency(endpoints: Endpoints, data_dir: Path, rate: float, duration: float) -> dict:
-    settings = pipeline_settings(endpoints, data_dir, f"lat_{uuid.uuid4().hex[:8]}")
+def latency(
+    endpoints: Endpoints, data_dir: Path, rate: float, duration: float, tuning: Tuning
+) -> dict:
+    settings = pipeline_settings(endpoints, data_dir, f"lat_{uuid.uuid4().hex[:8]}", tuning)
     prepare_pipeline(settings)
-    stream = generate(GeneratorConfig(seed=6, n_transactions=int(rate * duration), days=7))
+    transactions = steady_stream(rate, duration)
     processes = WorkerProcesses(settings, 1, data_dir / "logs-latency")
     processes.start()
     try:
         if not processes.wait_assigned(60):
             raise SystemExit("the worker did not get partitions")
-        TransactionProducer(endpoints.kafka, settings.kafka.transactions_topic).publish(
-            stream.transactions, rate=rate
+        topic = settings.kafka.transactions_topic
+        TransactionProducer(endpoints.kafka, topic, tuning.linger_ms).publish(
+            transactions, rate=rate
         )
         url = settings.postgres.url.get_secret_value()
         deadline = time.monotonic() + 120
-        while stored(url) < stream.transactions.height and time.monotonic() < deadline:
+        while stored(url) < transactions.height and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
         processes.stop()
@@ -195,19 +236,19 @@ def _window_s(duration: float) -> int:
     return 10 if duration <= 600 else 60
 
 
-def broker_floor(endpoints: Endpoints, rate: float, duration: float) -> dict:
+def broker_floor(endpoints: Endpoints, rate: float, duration: float, tuning: Tuning) -> dict:
     """Published → consumed, the same stream through the same producer and consumer settings
     to a plain consumer: the latency of the broker and clients alone, no scoring."""
     topic = f"floor-{uuid.uuid4().hex[:8]}"
-    ensure_topics(endpoints.kafka, [topic], 4)
+    ensure_topics(endpoints.kafka, [topic], tuning.partitions)
     consumer = Consumer(
         {**endpoints.kafka, **CONSUMER_DEFAULTS, "group.id": topic, "session.timeout.ms": 6000}
     )
     consumer.subscribe([topic])
     while not consumer.assignment():
         consumer.poll(0.2)
-    stream = generate(GeneratorConfig(seed=6, n_transactions=int(rate * duration), days=7))
-    total = stream.transactions.height
+    transactions = steady_stream(rate, duration)
+    total = transactions.height
     received: list[tuple[float, float]] = []
 
     def consume() -> None:
@@ -219,7 +260,7 @@ def broker_floor(endpoints: Endpoints, rate: float, duration: float) -> dict:
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
-    TransactionProducer(endpoints.kafka, topic).publish(stream.transactions, rate=rate)
+    TransactionProducer(endpoints.kafka, topic, tuning.linger_ms).publish(transactions, rate=rate)
     reader.join()
     consumer.close()
     sent = np.array([s for s, _ in received])
@@ -255,7 +296,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2_000)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--parts", default=",".join(PARTS), help=f"some of {','.join(PARTS)}")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--linger-ms", type=int, default=50)
+    parser.add_argument("--state", choices=("redis", "memory"), default="redis")
     args = parser.parse_args()
+    tuning = Tuning(args.partitions, args.linger_ms, args.state)
     parts = set(args.parts.split(","))
     if not parts <= set(PARTS):
         parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {PARTS}")
@@ -266,15 +311,20 @@ def main() -> None:
                 "bench": "pipeline",
                 "cpus": platform.os.cpu_count(),
                 "python": sys.version.split()[0],
+                "tuning": asdict(tuning),
             }
             if "throughput" in parts:
-                result["throughput"] = throughput(endpoints, data_dir, args.backlog, args.workers)
+                result["throughput"] = throughput(
+                    endpoints, data_dir, args.backlog, args.workers, tuning
+                )
             if "seed" in parts:
                 result["baseline_seed_style"] = seed_style(endpoints, args.seed_messages)
             if "floor" in parts:
-                result["baseline_broker_floor"] = broker_floor(endpoints, args.rate, args.duration)
+                result["baseline_broker_floor"] = broker_floor(
+                    endpoints, args.rate, args.duration, tuning
+                )
             if "latency" in parts:
-                result["latency"] = latency(endpoints, data_dir, args.rate, args.duration)
+                result["latency"] = latency(endpoints, data_dir, args.rate, args.duration, tuning)
         seed = result.get("baseline_seed_style", {}).get("tx_per_s")
         ours = result.get("throughput", {}).get("tx_per_s")
         if seed and ours:

@@ -151,9 +151,8 @@ def produce(
     ensure_topics(client, [kafka.transactions_topic], kafka.partitions)
     stream = generate(GeneratorConfig(seed=seed, n_transactions=transactions))
     with console.status(f"publishing {stream.transactions.height:,} transactions…"):
-        report = TransactionProducer(client, kafka.transactions_topic).publish(
-            stream.transactions, rate=rate or None
-        )
+        producer = TransactionProducer(client, kafka.transactions_topic, kafka.linger_ms)
+        report = producer.publish(stream.transactions, rate=rate or None)
     console.print(
         f"delivered {report.sent:,} transactions to {kafka.transactions_topic} "
         f"in {report.elapsed_s:.1f} s ({report.rate:,.0f} tx/s)"

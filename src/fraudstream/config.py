@@ -47,6 +47,11 @@ class KafkaSettings(BaseModel):
     decisions_topic: str = "decisions"
     dead_letters_topic: str = "dead_letters"
     partitions: int = Field(default=4, ge=1)
+    linger_ms: int = Field(default=50, ge=0, le=5000)
+    """How long the transaction producer gathers messages into one record batch. The embedded
+    broker's cost per fetch grows with the batches a partition ever stored (it has no
+    retention), so runs over ~10 minutes on it want fewer, larger batches: 250 ms with one
+    partition held an hour's log at a steady p50/p99 of 155/294 ms (see DESIGN.md)."""
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:

@@ -90,7 +90,11 @@ def run_pipeline(
                 console.print("[red]workers did not all get partitions: see their logs[/red]")
                 return 1
         producer = ProducerThread(
-            endpoints.kafka, settings.kafka.transactions_topic, stream.transactions, options.rate
+            endpoints.kafka,
+            settings.kafka.transactions_topic,
+            stream.transactions,
+            options.rate,
+            settings.kafka.linger_ms,
         )
         producer.start()
         progress = _watch(

@@ -67,9 +67,10 @@ class PublishReport:
 class TransactionProducer:
     """Publishes transactions (engine schema, one JSON object per message) to a topic."""
 
-    def __init__(self, kafka: dict[str, str], topic: str) -> None:
+    def __init__(self, kafka: dict[str, str], topic: str, linger_ms: int | None = None) -> None:
         self.topic = topic
-        self._producer = Producer({**PRODUCER_DEFAULTS, **kafka})
+        linger = {} if linger_ms is None else {"linger.ms": linger_ms}
+        self._producer = Producer({**PRODUCER_DEFAULTS, **kafka, **linger})
         self._report = PublishReport()
         self._cancelled = False
 

@@ -120,9 +120,16 @@ class WorkerProcesses:
 class ProducerThread(threading.Thread):
     """Publishes a frame at a target rate in the background; `report` says how far it got."""
 
-    def __init__(self, kafka: dict[str, str], topic: str, frame: pl.DataFrame, rate: float) -> None:
+    def __init__(
+        self,
+        kafka: dict[str, str],
+        topic: str,
+        frame: pl.DataFrame,
+        rate: float,
+        linger_ms: int | None = None,
+    ) -> None:
         super().__init__(name="producer", daemon=True)
-        self._producer = TransactionProducer(kafka, topic)
+        self._producer = TransactionProducer(kafka, topic, linger_ms)
         self._frame = frame
         self._rate = rate
         self.error: Exception | None = None
