@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
+import pytest
 import redis
 
 from fraudstream.adapters.redis_state import CheckpointStore
+from fraudstream.core.features import FeatureConfig
+from fraudstream.generator import GeneratorConfig, generate
+from fraudstream.runners import stream_state
+from fraudstream.runners.stream_state import StreamState
 from fraudstream.stack import Endpoints
 
 
@@ -60,7 +66,49 @@ def test_old_checkpoints_are_thinned_to_a_few_spaced_by_doubling_age(
         assert any(age / 2 <= a <= 2 * age for a in ages_s), f"nothing about {age} s old"
     for info in saved:
         if info.id not in {k.id for k in kept}:
-            assert client.get(f"{namespace}:checkpoint:{info.id}:state") is None
+            assert client.get(f"{namespace}:checkpoint:{info.id}:state:0") is None
     store.clear()
     client.close()
+    store.close()
+
+
+def test_a_checkpoint_larger_than_a_part_is_stored_in_parts_and_trimmed_whole(
+    endpoints: Endpoints,
+) -> None:
+    """Redis takes no value over 512 MB; a state is split into parts and put back together."""
+    namespace = f"test:{uuid.uuid4().hex[:8]}"
+    store = CheckpointStore(endpoints.redis_url, namespace, keep=1, part_bytes=1000)
+    arrays = {"big": np.arange(2_000, dtype=np.int64), "small": np.ones(3)}
+    first = store.save(arrays, {0: 1}, "worker-0")
+    client = redis.Redis.from_url(endpoints.redis_url)
+    parts = client.keys(f"{namespace}:checkpoint:{first.id}:state:*")
+    assert len(parts) == -(-first.size_bytes // 1000) >= 16
+    loaded = store.load(first)
+    assert loaded is not None and np.array_equal(loaded["big"], arrays["big"])
+    client.delete(f"{namespace}:checkpoint:{first.id}:state:3")
+    assert store.load(first) is None, "a checkpoint missing a part is not half-loaded"
+    store.clear()
+    assert client.keys(f"{namespace}:*") == []
+    client.close()
+    store.close()
+
+
+def test_checkpoints_are_spaced_out_as_the_state_grows(
+    endpoints: Endpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copying the state stops scoring, so a state whose copy takes long is copied less often:
+    the pause stays under MAX_PAUSE_SHARE of the time."""
+    store, _ = _store(endpoints)
+    state = StreamState(FeatureConfig(), store, checkpoint_interval_s=0.01, worker="w")
+    state.features.advance(generate(GeneratorConfig(seed=1, n_transactions=2_000)).transactions)
+    state.folded({0: 2_000})
+    time.sleep(0.02)
+    assert state.checkpoint_due()
+    monkeypatch.setattr(stream_state, "MAX_PAUSE_SHARE", 1e-6)  # as if the copy were huge
+    state.save_checkpoint(wait=True)
+    time.sleep(0.02)
+    assert not state.checkpoint_due(), "the next one waits a million times the copy's pause"
+    assert store.newest_within({0: 2_000}) is not None
+    state.close()
+    store.clear()
     store.close()

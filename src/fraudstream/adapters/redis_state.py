@@ -5,11 +5,13 @@ checkpoint serves any other: a worker that restarts, or takes over partitions, l
 checkpoint it may use and reads the log on from the positions stored with it, instead of from the
 log's beginning.
 
-A checkpoint is the state's arrays as an `.npz` blob (plain arrays, loaded without pickle) and
-a small JSON document: for every partition the next offset the state has not seen, the worker
-that wrote it and when. An index (a sorted set by time) keeps the newest `keep` and a few older
-ones spaced by doubling spans of time; the rest are deleted as new ones arrive, and every key
-expires after `ttl_s` in case nothing arrives.
+A checkpoint is the state's arrays as an `.npz` blob (plain arrays, loaded without pickle),
+stored in parts of at most `part_bytes` (Redis refuses a value over 512 MB, and a state at
+2 k tx/s passes that within minutes), and a small JSON document: for every partition the next
+offset the state has not seen, the number of parts, the worker that wrote it and when. An
+index (a sorted set by time) keeps the newest `keep` and a few older ones spaced by doubling
+spans of time; the rest are deleted as new ones arrive, and every key expires after `ttl_s` in
+case nothing arrives.
 """
 
 from __future__ import annotations
@@ -44,11 +46,19 @@ class CheckpointInfo:
 class CheckpointStore:
     """Save and find feature-state checkpoints under one namespace (group and topic)."""
 
-    def __init__(self, url: str, namespace: str, keep: int = 6, ttl_s: int = 7 * 86_400) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        keep: int = 6,
+        ttl_s: int = 7 * 86_400,
+        part_bytes: int = 64 << 20,
+    ) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=30)
         self._ns = namespace
         self._keep = keep
         self._ttl_s = ttl_s
+        self._part_bytes = part_bytes
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
@@ -67,14 +77,20 @@ class CheckpointStore:
             created_ms=int(time.time() * 1000),
             size_bytes=len(blob),
         )
+        parts = range(0, max(1, len(blob)), self._part_bytes)
         meta = {
             "offsets": {str(p): o for p, o in info.offsets.items()},
             "worker": worker,
             "created_ms": info.created_ms,
             "size_bytes": info.size_bytes,
+            "parts": len(parts),
         }
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(self._key("checkpoint", info.id, "state"), blob, ex=self._ttl_s)
+        for number, start in enumerate(parts):  # each part its own round trip: no huge buffer
+            part = blob[start : start + self._part_bytes]
+            self._redis.set(
+                self._key("checkpoint", info.id, f"state:{number}"), part, ex=self._ttl_s
+            )
+        pipe = self._redis.pipeline(transaction=True)  # the meta last: listed only when whole
         pipe.set(self._key("checkpoint", info.id, "meta"), json.dumps(meta), ex=self._ttl_s)
         pipe.zadd(self._key("checkpoints"), {info.id: info.created_ms})
         pipe.expire(self._key("checkpoints"), self._ttl_s)
@@ -101,10 +117,15 @@ class CheckpointStore:
             return
         pipe = self._redis.pipeline(transaction=True)
         for checkpoint_id in old:
-            pipe.delete(self._key("checkpoint", checkpoint_id, "state"))
+            pipe.delete(*self._part_keys(checkpoint_id))
             pipe.delete(self._key("checkpoint", checkpoint_id, "meta"))
         pipe.zrem(index, *old)
         pipe.execute()
+
+    def _part_keys(self, checkpoint_id: str) -> list[str]:
+        raw = self._redis.get(self._key("checkpoint", checkpoint_id, "meta"))
+        count = 1 if raw is None else int(json.loads(raw).get("parts", 1))
+        return [self._key("checkpoint", checkpoint_id, f"state:{n}") for n in range(count)]
 
     def newest_first(self) -> Iterator[CheckpointInfo]:
         """Every stored checkpoint, newest first."""
@@ -132,9 +153,10 @@ class CheckpointStore:
 
     def load(self, info: CheckpointInfo) -> dict[str, npt.NDArray[np.generic]] | None:
         """The checkpoint's arrays, or None when it was deleted since it was listed."""
-        blob = self._redis.get(self._key("checkpoint", info.id, "state"))
-        if blob is None:
+        parts = [self._redis.get(key) for key in self._part_keys(info.id)]
+        if any(part is None for part in parts):
             return None
+        blob = b"".join(parts)  # type: ignore[arg-type]
         with np.load(io.BytesIO(blob), allow_pickle=False) as loaded:
             return {name: loaded[name] for name in loaded.files}
 
