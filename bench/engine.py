@@ -116,15 +116,6 @@ def single_event_latency_ms(frame: pl.DataFrame, warm: int, measured: int) -> di
     }
 
 
-def baseline_rate(frame: pl.DataFrame) -> float:
-    rows = frame.to_dicts()
-    stamps = frame.get_column("timestamp").dt.epoch("us").to_list()
-    start = time.perf_counter()
-    for _ in python_loop.features(rows, stamps):
-        pass
-    return frame.height / (time.perf_counter() - start)
-
-
 def decode_rate(stream: object, tmp: Path) -> float:
     path = tmp / "bench-decode.jsonl"
     write_jsonl(stream, path)  # type: ignore[arg-type]
@@ -196,7 +187,7 @@ def main() -> None:
         "baseline": {
             "what": "plain-Python per-event loop, same default features, no rules",
             "events": baseline_events,
-            "tx_per_s": round(baseline_rate(frame.head(baseline_events))),
+            "tx_per_s": round(python_loop.rate(frame.head(baseline_events))),
         },
         "targets": {
             "engine_tx_per_s_at_1000": 200_000,

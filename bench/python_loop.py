@@ -11,9 +11,14 @@ it does less than the engine; it is what one would write without a compiled kern
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
 
 WINDOWS_US = (60e6, 600e6, 3600e6, 86400e6, 7 * 86400e6, 30 * 86400e6)
 PLACE_WINDOWS_US = (600e6, 86400e6)
@@ -121,3 +126,14 @@ def features(
                 continue
             _place(places.setdefault((kind, key), _Place()), payer, ts, out)
         yield out
+
+
+def rate(frame: pl.DataFrame) -> float:
+    """Events per second of `features` over a frame in the engine's schema (the conversion to
+    Python rows is not timed)."""
+    rows = frame.to_dicts()
+    stamps = frame.get_column("timestamp").dt.epoch("us").to_list()
+    start = time.perf_counter()
+    for _ in features(rows, stamps):
+        pass
+    return frame.height / (time.perf_counter() - start)
