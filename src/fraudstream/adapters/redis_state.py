@@ -41,6 +41,8 @@ class CheckpointInfo:
     worker: str
     created_ms: int
     size_bytes: int
+    parts: int = 1
+    """Redis values the state blob is split into."""
 
 
 class CheckpointStore:
@@ -70,26 +72,25 @@ class CheckpointStore:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         blob = buffer.getvalue()
+        starts = range(0, max(1, len(blob)), self._part_bytes)
         info = CheckpointInfo(
             id=f"{worker}-{uuid.uuid4().hex[:12]}",
             offsets=dict(offsets),
             worker=worker,
             created_ms=int(time.time() * 1000),
             size_bytes=len(blob),
+            parts=len(starts),
         )
-        parts = range(0, max(1, len(blob)), self._part_bytes)
         meta = {
             "offsets": {str(p): o for p, o in info.offsets.items()},
             "worker": worker,
             "created_ms": info.created_ms,
             "size_bytes": info.size_bytes,
-            "parts": len(parts),
+            "parts": info.parts,
         }
-        for number, start in enumerate(parts):  # each part its own round trip: no huge buffer
-            part = blob[start : start + self._part_bytes]
-            self._redis.set(
-                self._key("checkpoint", info.id, f"state:{number}"), part, ex=self._ttl_s
-            )
+        for key, start in zip(self._part_keys(info.id, info.parts), starts, strict=True):
+            # each part its own round trip: no buffer of the whole blob inside the client
+            self._redis.set(key, blob[start : start + self._part_bytes], ex=self._ttl_s)
         pipe = self._redis.pipeline(transaction=True)  # the meta last: listed only when whole
         pipe.set(self._key("checkpoint", info.id, "meta"), json.dumps(meta), ex=self._ttl_s)
         pipe.zadd(self._key("checkpoints"), {info.id: info.created_ms})
@@ -117,15 +118,15 @@ class CheckpointStore:
             return
         pipe = self._redis.pipeline(transaction=True)
         for checkpoint_id in old:
-            pipe.delete(*self._part_keys(checkpoint_id))
+            raw = self._redis.get(self._key("checkpoint", checkpoint_id, "meta"))
+            parts = 1 if raw is None else int(json.loads(raw).get("parts", 1))
+            pipe.delete(*self._part_keys(checkpoint_id, parts))
             pipe.delete(self._key("checkpoint", checkpoint_id, "meta"))
         pipe.zrem(index, *old)
         pipe.execute()
 
-    def _part_keys(self, checkpoint_id: str) -> list[str]:
-        raw = self._redis.get(self._key("checkpoint", checkpoint_id, "meta"))
-        count = 1 if raw is None else int(json.loads(raw).get("parts", 1))
-        return [self._key("checkpoint", checkpoint_id, f"state:{n}") for n in range(count)]
+    def _part_keys(self, checkpoint_id: str, parts: int) -> list[str]:
+        return [self._key("checkpoint", checkpoint_id, f"state:{n}") for n in range(parts)]
 
     def newest_first(self) -> Iterator[CheckpointInfo]:
         """Every stored checkpoint, newest first."""
@@ -141,6 +142,7 @@ class CheckpointStore:
                 worker=str(meta["worker"]),
                 created_ms=int(meta["created_ms"]),
                 size_bytes=int(meta["size_bytes"]),
+                parts=int(meta.get("parts", 1)),  # older checkpoints: one part
             )
 
     def newest_within(self, ceilings: Mapping[int, int]) -> CheckpointInfo | None:
@@ -153,7 +155,7 @@ class CheckpointStore:
 
     def load(self, info: CheckpointInfo) -> dict[str, npt.NDArray[np.generic]] | None:
         """The checkpoint's arrays, or None when it was deleted since it was listed."""
-        parts = [self._redis.get(key) for key in self._part_keys(info.id)]
+        parts = [self._redis.get(key) for key in self._part_keys(info.id, info.parts)]
         if any(part is None for part in parts):
             return None
         blob = b"".join(parts)  # type: ignore[arg-type]
