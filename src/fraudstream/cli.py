@@ -14,7 +14,10 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from fraudstream.cli_alerts import alerts_app
+from fraudstream.cli_history import history_app
 from fraudstream.cli_models import backtest, models_app, train
+from fraudstream.cli_report import report
 from fraudstream.cli_support import console, engine_for, settings_or_exit
 from fraudstream.core.engine import Decisions, available_columns
 from fraudstream.core.errors import FraudstreamError
@@ -233,4 +236,7 @@ def rules_check(path: Annotated[Path, typer.Argument(help="Ruleset YAML file")])
 
 app.command()(backtest)
 app.command()(train)
+app.command()(report)
 app.add_typer(models_app, name="models")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(history_app, name="history")

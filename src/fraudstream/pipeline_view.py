@@ -1,15 +1,17 @@
 """`fraudstream run`, the main job: the whole pipeline on this machine, watched live.
 
 Embedded stack up (or the servers the settings name), topics and schema created, N worker
-processes scoring into PostgreSQL, the generator publishing a labelled stream at a target rate,
-and a live view of what is stored: produced, scored, flagged, dead-lettered, tx/s, event→decision
-latency and recall per fraud scenario (the ground truth never leaves this process). Ends on
-Ctrl-C, after `duration`, or once every produced message is accounted for; then everything it
-started is stopped.
+processes scoring into PostgreSQL (and a Delta Lake history of the decisions), the alert
+dispatcher delivering the flagged ones (by default to the `alerts` topic), the generator
+publishing a labelled stream at a target rate, and a live view of what is stored: produced,
+scored, flagged, dead-lettered, tx/s, event→decision latency and recall per fraud scenario (the
+ground truth never leaves this process). Ends on Ctrl-C, after `duration`, or once every
+produced message is accounted for; then everything it started is stopped.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from fraudstream.adapters.delta import DEFAULT_TABLE_DIR
 from fraudstream.adapters.pipeline_stats import (
     LATENCY_WINDOW_S,
     PipelineStats,
@@ -27,6 +30,7 @@ from fraudstream.adapters.pipeline_stats import (
 )
 from fraudstream.config import Settings
 from fraudstream.generator import GeneratorConfig, generate
+from fraudstream.runners.alerts import AlertDispatcher
 from fraudstream.runners.local import ProducerThread, WorkerProcesses
 from fraudstream.runners.replay import scenario_report
 from fraudstream.runners.serve import prepare_pipeline
@@ -72,9 +76,12 @@ def run_pipeline(
         stack.start()
     workers: WorkerProcesses | None = None
     producer: ProducerThread | None = None
+    alerts: threading.Thread | None = None
+    alerts_stop = threading.Event()
     try:
         settings = running_stack_settings(settings)
         endpoints = stack.endpoints()
+        settings = with_history(settings, "kafka" in endpoints.embedded, console)
         with console.status("creating topics and schema…"):
             prepare_pipeline(settings)
             if "postgres" in endpoints.embedded:
@@ -85,6 +92,7 @@ def run_pipeline(
             )
         workers = WorkerProcesses(settings, options.workers, settings.stack.data_dir / "logs")
         workers.start()
+        alerts = _start_dispatcher(settings, alerts_stop)
         with console.status(f"waiting for {options.workers} workers to join the group…"):
             if not workers.wait_assigned(60):
                 console.print("[red]workers did not all get partitions: see their logs[/red]")
@@ -107,8 +115,42 @@ def run_pipeline(
                 producer.stop()
                 producer.join(timeout=30)
             codes = workers.stop() if workers is not None else []
+            alerts_stop.set()
+            if alerts is not None:
+                alerts.join(timeout=30)
             stack.stop()
         console.print(f"workers exited with {codes}; nothing embedded is left running")
+
+
+def _start_dispatcher(settings: Settings, stop: threading.Event) -> threading.Thread:
+    """The alert dispatcher, in a thread of this process (it mostly waits on I/O)."""
+    dispatcher = AlertDispatcher(settings)
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), name="alerts", daemon=True)
+    thread.start()
+    return thread
+
+
+def with_history(settings: Settings, fresh_log: bool, console: Console) -> Settings:
+    """Settings whose workers write the Delta history: to `history.delta_path` when set, else
+    to `stack.data_dir/history/decisions`. A fresh log (the embedded broker's) numbers its
+    offsets from 0 again, which the table's versions would take as written already (see
+    `adapters/delta.py`); so with one, that default table is started over, like the scratch
+    database."""
+    history = settings.history
+    if history.delta_path is not None:
+        if fresh_log:
+            console.print(
+                "[yellow]history.delta_path with the embedded broker: its offsets start over "
+                "every run, so give each run a new table[/yellow]"
+            )
+        return settings
+    path = (settings.stack.data_dir / DEFAULT_TABLE_DIR).resolve()
+    if fresh_log:
+        shutil.rmtree(path, ignore_errors=True)
+    console.print(f"decision history: Delta table {path}")
+    return settings.model_copy(
+        update={"history": history.model_copy(update={"delta_path": str(path)})}
+    )
 
 
 def _watch(
@@ -175,6 +217,7 @@ def _figures_table(progress: _Progress, options: RunOptions, workers: WorkerProc
         "scored",
         "flagged",
         "dead letters",
+        "alerts sent",
         "tx/s",
         "p50 latency",
         "p99 latency",
@@ -188,6 +231,7 @@ def _figures_table(progress: _Progress, options: RunOptions, workers: WorkerProc
         f"{figures.scored:,}",
         f"{figures.flagged:,}",
         f"{figures.dead_letters:,}",
+        f"{figures.alerts_delivered:,}",
         f"{progress.rate:,.0f}",
         _ms(figures.latency_p50_s),
         _ms(figures.latency_p99_s),

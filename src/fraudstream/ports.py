@@ -62,3 +62,49 @@ class Sink(Protocol):
         """Confirm the whole batch durably, or raise (`SinkUnavailable` when a retry may work)."""
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert from the outbox, with what a person needs to read it."""
+
+    id: int
+    route: str
+    channel: str
+    transaction_id: str
+    card_ref: str | None
+    card_last4: str | None
+    customer_id: str | None
+    merchant_id: str | None
+    country: str | None
+    amount: float
+    currency: str
+    action: str
+    severity: str
+    score: float
+    rules_fired: tuple[str, ...]
+    reasons: tuple[str, ...]
+    event_time: datetime
+    created_at: datetime
+    attempts: int
+
+
+class DeliveryFailed(FraudstreamError):  # noqa: N818 - reads as what it is
+    """A channel could not deliver (server down, refused, timed out); try again later."""
+
+
+class AlertChannel(Protocol):
+    """Somewhere alerts go: email, Slack, a webhook, a Kafka topic.
+
+    `deliver` sends `alerts` and returns an id of what carried them, or raises `DeliveryFailed`.
+    With `digest` true, the alerts become one message (an email digest); otherwise each is its
+    own message and one call takes at most `batch` of them. It must be safe to call again with
+    the same alerts: every message names its alert ids, so a receiver can drop a repeat.
+    """
+
+    digest: bool
+    batch: int
+
+    def deliver(self, alerts: list[Alert], recipients: list[str]) -> str: ...
+
+    def close(self) -> None: ...

@@ -72,6 +72,7 @@ def fresh_pipeline(
     endpoints: Endpoints,
     tmp_path: Path,
     models: dict[str, object] | None = None,
+    alerts: dict[str, object] | None = None,
     **worker: object,
 ) -> Iterator[TestPipeline]:
     """Topics, a database and a worker group nobody else uses; the database is dropped after."""
@@ -93,6 +94,7 @@ def fresh_pipeline(
         stack={"data_dir": tmp_path / "stack"},
         worker={"group_id": f"{name}-workers", "session_timeout_ms": 6000, **worker},
         models=models or {},
+        alerts=alerts or {},
     )
     prepare_pipeline(settings)
     try:

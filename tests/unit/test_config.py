@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from fraudstream.config import SettingsError, load_settings
+from fraudstream.config import (
+    EmailChannelSettings,
+    SettingsError,
+    WebhookChannelSettings,
+    load_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +124,48 @@ def test_a_missing_or_malformed_config_file_is_named(
     monkeypatch.setenv("FRAUDSTREAM_CONFIG", str(broken))
     with pytest.raises(SettingsError, match=r"broken\.toml"):
         load_settings()
+
+
+def test_worker_environment_gives_a_worker_the_same_nested_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Dict and list settings travel as JSON, with nested secrets revealed and nested paths
+    resolved (the worker may start in another directory), and load back equal."""
+    from fraudstream.runners.local import worker_environment
+
+    settings = load_settings(
+        postgres={"url": "postgresql://app:pw@db:5432/fraud"},
+        history={
+            "delta_path": "s3://bucket/decisions",
+            "storage_options": {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "k3y=/+"},
+        },
+        alerts={
+            "channels": {
+                "hook": {"kind": "webhook", "url": "https://hooks.example/x", "secret": "s3cr3t"},
+                "mail": {"kind": "email", "username": "u", "password": "pw", "ca_file": "ca.pem"},
+            },
+            "routes": [
+                {"name": "to-hook", "channel": "hook", "actions": ["decline"]},
+                {"name": "to-mail", "channel": "mail", "recipients": ["a@example.com"]},
+            ],
+        },
+    )
+    assert "k3y" not in repr(settings), "storage options may hold credentials"
+    env = worker_environment(settings)
+    assert env["FRAUDSTREAM_HISTORY__STORAGE_OPTIONS"].startswith("{")
+    for name, value in env.items():
+        if name.startswith("FRAUDSTREAM_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path.parent)  # the worker's own working directory
+
+    again = load_settings()
+    assert again.history.storage_options == settings.history.storage_options
+    assert again.history.delta_path == "s3://bucket/decisions"
+    hook, mail = again.alerts.channels["hook"], again.alerts.channels["mail"]
+    assert isinstance(hook, WebhookChannelSettings)
+    assert hook.secret.get_secret_value() == "s3cr3t"
+    assert isinstance(mail, EmailChannelSettings)
+    assert mail.ca_file == tmp_path / "ca.pem"
+    assert [route.actions for route in again.alerts.routes] == [["decline"], ["review", "decline"]]
+    assert again.stack.data_dir == tmp_path / "var/stack"
+    assert worker_environment(again) == env

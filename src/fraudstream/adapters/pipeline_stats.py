@@ -12,7 +12,8 @@ LATENCY_WINDOW_S = 10
 _COUNTS = """
 SELECT (SELECT count(*) FROM transactions),
        (SELECT count(*) FROM fraud_transactions),
-       (SELECT count(*) FROM dead_letters)
+       (SELECT count(*) FROM dead_letters),
+       (SELECT count(*) FROM alerts WHERE status = 'delivered')
 """
 _LATENCY = """
 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY latency),
@@ -29,6 +30,7 @@ class StoredFigures:
     scored: int
     flagged: int
     dead_letters: int
+    alerts_delivered: int
     latency_p50_s: float | None
     latency_p99_s: float | None
 
@@ -47,7 +49,7 @@ class PipelineStats:
 
     def figures(self) -> StoredFigures:
         with self._cursor() as cursor:
-            scored, flagged, dead = cursor.execute(_COUNTS).fetchone() or (0, 0, 0)
+            scored, flagged, dead, alerted = cursor.execute(_COUNTS).fetchone() or (0, 0, 0, 0)
             p50, p99, _ = cursor.execute(_LATENCY, (LATENCY_WINDOW_S,)).fetchone() or (
                 None, None, 0,
             )  # fmt: skip
@@ -55,6 +57,7 @@ class PipelineStats:
             scored=int(scored),
             flagged=int(flagged),
             dead_letters=int(dead),
+            alerts_delivered=int(alerted),
             latency_p50_s=None if p50 is None else float(p50),
             latency_p99_s=None if p99 is None else float(p99),
         )
@@ -74,4 +77,6 @@ def clear_pipeline_tables(url: str) -> None:
     """Empty the pipeline's tables: only for a scratch database (the main job's embedded one),
     since a run replays a seeded stream whose transaction ids an earlier run already stored."""
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
-        connection.execute("TRUNCATE fraud_transactions, transactions, dead_letters")
+        connection.execute(
+            "TRUNCATE alert_attempts, alerts, fraud_transactions, transactions, dead_letters"
+        )

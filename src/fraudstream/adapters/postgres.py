@@ -12,6 +12,11 @@ instead. Either way `fraud_transactions` gets the flagged rows just inserted, co
 `transactions`, so a flagged row always matches the transaction row stored first. Dead letters
 are inserted with `ON CONFLICT DO NOTHING` on their source position.
 
+With alert routing configured, the same database transaction also puts one `alerts` row per
+flagged transaction and matching route into the outbox (`ON CONFLICT DO NOTHING` on
+transaction and route), so an alert exists exactly when its decision does; the dispatcher
+(`fraudstream.runners.alerts`) delivers them without ever holding up a batch.
+
 Any connection-level failure rolls back, drops the connection and raises `SinkUnavailable`; the
 next `write` reconnects. Messages name host, port and database, never the password.
 
@@ -25,6 +30,7 @@ import math
 import time
 from typing import Final
 
+import polars as pl
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -38,6 +44,7 @@ from fraudstream.adapters.postgres_schema import (
     migrate,
     render,
 )
+from fraudstream.core.alerting import ALERT_COLUMNS, AlertRouting
 from fraudstream.ports import DeadLetter, ScoredBatch, SinkUnavailable
 
 __all__ = ["MigrationError", "PostgresSink", "migrate", "safe_target", "wait_for_postgres"]
@@ -94,6 +101,13 @@ _INSERT_DEAD_LETTER: Final = sql.SQL(
     columns=_names(_DEAD_LETTER_COLUMNS),
     values=sql.SQL(", ").join(sql.Placeholder() * len(_DEAD_LETTER_COLUMNS)),
 )
+
+_INSERT_ALERTS: Final = sql.SQL(
+    "INSERT INTO alerts ({columns}) SELECT * FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[],"
+    " %s::timestamptz[]) ON CONFLICT (transaction_id, route) DO NOTHING"
+).format(columns=_names(ALERT_COLUMNS))
+"""The outbox rows of a batch, one array per column of `ALERT_COLUMNS`: one round trip."""
 
 
 def safe_target(url: str) -> str:
@@ -176,7 +190,13 @@ class PostgresSink:
     propagate as psycopg errors: retrying the same batch would fail the same way.
     """
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        alert_routing: AlertRouting | None = None,
+    ) -> None:
         try:
             conninfo_to_dict(url)
         except psycopg.ProgrammingError:  # libpq's message may quote the password: not shown
@@ -184,6 +204,7 @@ class PostgresSink:
         self._url = url
         self._connect_timeout_s = connect_timeout_s
         self._connection: Connection | None = None
+        self._alert_routing = alert_routing
 
     def __repr__(self) -> str:
         return f"PostgresSink({safe_target(self._url)})"
@@ -191,6 +212,7 @@ class PostgresSink:
     def write(self, batch: ScoredBatch) -> None:
         """Store the whole batch, or raise `SinkUnavailable` having stored none of it."""
         rendered = render(batch.frame) if batch.frame.height else None
+        alerts = self._alerts(batch.frame) if rendered is not None else None
         letters = sorted(map(_dead_letter_row, batch.dead_letters), key=lambda row: row[:3])
         if rendered is None and not letters:
             return
@@ -199,11 +221,22 @@ class PostgresSink:
             with connection.transaction(), connection.cursor() as cursor:
                 if rendered is not None:
                     _store_decisions(cursor, rendered)
+                if alerts:
+                    cursor.execute(_INSERT_ALERTS, alerts)
                 if letters:
                     cursor.executemany(_INSERT_DEAD_LETTER, letters)
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             self._discard()
             raise _unavailable(self._url, error) from None
+
+    def _alerts(self, frame: pl.DataFrame) -> list[list[object]] | None:
+        """The outbox rows for `frame`'s flagged transactions, as one array per column."""
+        if self._alert_routing is None or not frame.get_column("is_flagged").any():
+            return None
+        alerts = self._alert_routing.alerts(frame)
+        if alerts.is_empty():
+            return None
+        return [alerts.get_column(column).to_list() for column in ALERT_COLUMNS]
 
     def _connect(self) -> Connection:
         current = self._connection

@@ -8,6 +8,7 @@ the same settings and stopped with SIGTERM, so they finish and commit their batc
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,8 @@ WORKER_STOP_TIMEOUT_S = 30.0
 def worker_environment(settings: Settings) -> dict[str, str]:
     """This process's environment plus every setting as a `FRAUDSTREAM_*` variable, so a
     worker process started with it has exactly these settings (secrets included: the
-    environment of our own child, never a log line)."""
+    environment of our own child, never a log line). Dicts and lists become JSON, which is
+    how pydantic-settings reads a complex value from the environment."""
     env = dict(os.environ)
     for section, values in settings.model_dump().items():
         for name, value in values.items():
@@ -40,11 +42,23 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 
 
 def _env_text(value: object) -> str:
+    plain = _plain(value)
+    if isinstance(plain, dict | list):
+        return json.dumps(plain)
+    return str(plain)
+
+
+def _plain(value: object) -> object:
+    """`value` with its secrets revealed and its paths made absolute, at any depth."""
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     if isinstance(value, Path):
         return str(value.resolve())
-    return str(value)
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item) for item in value]
+    return value
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Assemble a scoring worker from settings: consumer, engine with hot-reloaded rules, feature
-state, and the sinks (PostgreSQL, the `decisions` and `dead_letters` topics)."""
+state, and the sinks (PostgreSQL, the `decisions` and `dead_letters` topics, and the Delta
+history when `history.delta_path` is set)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from fraudstream.adapters.delta import DeltaHistorySink
 from fraudstream.adapters.kafka import ensure_topics
 from fraudstream.adapters.kafka_sinks import DeadLetterTopicSink, DecisionsTopicSink, new_consumer
 from fraudstream.adapters.model_registry import ModelRegistry
@@ -17,7 +19,8 @@ from fraudstream.adapters.postgres import PostgresSink
 from fraudstream.adapters.postgres_schema import migrate
 from fraudstream.adapters.redis_state import CheckpointStore
 from fraudstream.adapters.rules_file import RulesFile
-from fraudstream.config import Settings, SettingsError
+from fraudstream.config import KafkaChannelSettings, Settings, SettingsError
+from fraudstream.core.alerting import AlertRoute, AlertRouting, Severity
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.features import FeatureConfig
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
@@ -37,6 +40,11 @@ def prepare_pipeline(settings: Settings) -> None:
     kafka = settings.kafka
     client = kafka.client_config(_bootstrap(settings))
     topics = [kafka.transactions_topic, kafka.decisions_topic, kafka.dead_letters_topic]
+    topics += [
+        channel.topic
+        for channel in settings.alerts.channels.values()
+        if isinstance(channel, KafkaChannelSettings)
+    ]
     ensure_topics(client, topics, kafka.partitions)
     migrate(_postgres_url(settings))
 
@@ -95,10 +103,19 @@ def build_worker(settings: Settings, name: str = "worker") -> Worker:
     client = kafka.client_config(_bootstrap(settings))
     worker = settings.worker
     sinks: list[Sink] = [
-        PostgresSink(_postgres_url(settings)),
+        PostgresSink(_postgres_url(settings), alert_routing=alert_routing(settings)),
         DecisionsTopicSink(client, kafka.decisions_topic),
         DeadLetterTopicSink(client, kafka.dead_letters_topic),
     ]
+    history = settings.history
+    if history.delta_path is not None:
+        sinks.append(
+            DeltaHistorySink(
+                history.delta_path,
+                kafka.transactions_topic,
+                storage_options=history.storage_options,
+            )
+        )
     return Worker(
         group=new_consumer(client, worker.group_id, worker.session_timeout_ms),
         reader=new_consumer(client, f"{worker.group_id}.reader", worker.session_timeout_ms),
@@ -169,6 +186,34 @@ def serve(settings: Settings, stop: threading.Event, name: str = "worker") -> Wo
     worker = build_worker(settings, name)
     log.info("worker joined group %s", settings.worker.group_id)
     return worker.run(stop)
+
+
+def kafka_client(settings: Settings) -> dict[str, str]:
+    """librdkafka settings for the pipeline's cluster (secrets included: never log them)."""
+    return settings.kafka.client_config(_bootstrap(settings))
+
+
+def postgres_url(settings: Settings) -> str:
+    """The pipeline database's URL (with its password: never log it)."""
+    return _postgres_url(settings)
+
+
+def alert_routing(settings: Settings) -> AlertRouting:
+    """The configured alert routes, as the PostgreSQL sink applies them."""
+    alerts = settings.alerts
+    return AlertRouting(
+        tuple(
+            AlertRoute(
+                name=route.name,
+                channel=route.channel,
+                actions=frozenset(route.actions),
+                min_severity=route.min_severity,
+                rules=frozenset(route.rules),
+            )
+            for route in alerts.routes
+        ),
+        Severity(critical_score=alerts.critical_score, medium_score=alerts.medium_score),
+    )
 
 
 def _bootstrap(settings: Settings) -> str:
