@@ -62,6 +62,35 @@ def ensure_openmp() -> None:
         print("! libgomp1 (OpenMP) is missing: LightGBM models need it; install it", flush=True)
 
 
+TEST_PACKAGES = {
+    "chromium": "chromium",  # the dashboard's browser test (headless)
+    "prometheus": "prometheus",  # scraping the workers with the shipped scrape configuration
+    "docker-compose": "docker-compose",  # validating deploy/compose.yaml (no engine needed)
+}
+"""Debian packages some tests need, by the command each provides."""
+
+
+def ensure_test_packages() -> None:
+    """Install the Debian packages the tests need when running as root (as CI does);
+    otherwise name them, since the tests that need them fail without them."""
+    missing = sorted({pkg for command, pkg in TEST_PACKAGES.items() if not shutil.which(command)})
+    if not missing:
+        return
+    apt = shutil.which("apt-get")
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and apt:
+        print(f"» installing {' '.join(missing)} (Debian packages the tests use)", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([apt, "update", "-qq"], check=True, env=env)
+        install = [apt, "install", "-y", "-qq", "--no-install-recommends", *missing]
+        subprocess.run(install, check=True, env=env)
+    else:
+        print(
+            f"! missing Debian packages {' '.join(missing)}: the tests that need them will fail;"
+            f" install with: sudo apt-get install --no-install-recommends {' '.join(missing)}",
+            flush=True,
+        )
+
+
 def _run(*argv: str) -> int:
     print("»", " ".join(argv), flush=True)
     return subprocess.run(argv, cwd=ROOT, check=False).returncode
@@ -72,6 +101,7 @@ def run_main_job(args: list[str]) -> int:
 
 
 def run_tests(args: list[str]) -> int:
+    ensure_test_packages()
     checks = [
         (str(BIN / "ruff"), "check", "src", "tests", "bench", "dev.py"),
         (str(BIN / "mypy"),),
