@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from fraudstream.cli_support import console, engine_for, pair, settings_or_exit
+from fraudstream.cli_support import console, database_url, engine_for, pair, settings_or_exit
 from fraudstream.core.errors import FraudstreamError
 from fraudstream.core.features import FeatureConfig
 
@@ -243,7 +243,7 @@ def _from_database(settings: Settings) -> History:
     from fraudstream.adapters.labels import labelled_history  # noqa: PLC0415
     from fraudstream.ml.backtest import History  # noqa: PLC0415
 
-    transactions, labels = labelled_history(_postgres_url(settings))
+    transactions, labels = labelled_history(database_url(settings))
     return History(transactions, labels)
 
 
@@ -265,22 +265,11 @@ def _split(history: History, until: datetime | None, share: float, gap_days: flo
     return TimeSplit(until if until.tzinfo else until.replace(tzinfo=UTC), gap)
 
 
-def _postgres_url(settings: Settings) -> str:
-    from fraudstream.stack import running_stack_settings  # noqa: PLC0415
-
-    url = running_stack_settings(settings).postgres.url
-    if url is None:
-        raise FraudstreamError(
-            "no database: run `fraudstream stack` in this project, or set FRAUDSTREAM_POSTGRES__URL"
-        )
-    return url.get_secret_value()
-
-
 def _registry(settings: Settings) -> ModelRegistry:
     from fraudstream.adapters.model_registry import ModelRegistry  # noqa: PLC0415
 
     try:
-        return ModelRegistry(_postgres_url(settings))
+        return ModelRegistry(database_url(settings))
     except FraudstreamError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None

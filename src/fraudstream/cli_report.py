@@ -4,7 +4,7 @@ HTML page with charts, as CSV files, and by email.
 The period is in event time, half-open [--from, --to), so consecutive reports (`--from` of one
 being `--to` of the last) count every transaction exactly once. Dates and datetimes without a
 zone are UTC, because that is how the pipeline stores and buckets them. The database is found
-as the other commands find it (`cli_models._postgres_url`: settings, else the embedded stack
+as the other commands find it (`cli_support.database_url`: settings, else the embedded stack
 that `fraudstream stack` runs); the SMTP server is that of an email alert channel, so a
 deployment configures its mail server once.
 """
@@ -20,8 +20,7 @@ import typer
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from fraudstream.cli_models import _postgres_url
-from fraudstream.cli_support import console, settings_or_exit
+from fraudstream.cli_support import console, database_url, settings_or_exit
 from fraudstream.config import EmailChannelSettings, Settings
 from fraudstream.core.errors import FraudstreamError
 
@@ -186,7 +185,7 @@ def report(
         period = period_from(start, end, datetime.now(UTC))
         settings = settings_or_exit()
         channel = smtp_channel(settings, smtp) if email_to else None
-        url = _postgres_url(settings)
+        url = database_url(settings)
     except FraudstreamError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None

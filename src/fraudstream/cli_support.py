@@ -36,3 +36,15 @@ def pair(item: str) -> tuple[str, str]:
     if not separator or not name or not source:
         raise FraudstreamError(f"--map {item!r}: expected engine_column=dataset_column")
     return name.strip(), source.strip()
+
+
+def database_url(settings: Settings) -> str:
+    """The pipeline database: from the settings, else the embedded stack running here."""
+    from fraudstream.stack import running_stack_settings  # noqa: PLC0415
+
+    url = running_stack_settings(settings).postgres.url
+    if url is None:
+        raise FraudstreamError(
+            "no database: run `fraudstream stack` in this project, or set FRAUDSTREAM_POSTGRES__URL"
+        )
+    return url.get_secret_value()

@@ -133,9 +133,12 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 
 @contextmanager
 def smtp_server(
-    tls: tuple[Path, Path] | None = None, login: tuple[str, str] | None = None
+    tls: tuple[Path, Path] | None = None,
+    login: tuple[str, str] | None = None,
+    implicit_tls: bool = False,
 ) -> Iterator[tuple[Mailbox, int]]:
-    """aiosmtpd on a free port: STARTTLS with `tls` (cert, key), LOGIN/PLAIN with `login`."""
+    """aiosmtpd on a free port: STARTTLS with `tls` (cert, key), or TLS from the first byte
+    with `implicit_tls` too; LOGIN/PLAIN with `login`."""
     import ssl
 
     mailbox = Mailbox()
@@ -143,7 +146,10 @@ def smtp_server(
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(tls[0]), str(tls[1]))
-        options.update(tls_context=context, require_starttls=True)
+        if implicit_tls:
+            options.update(ssl_context=context)
+        else:
+            options.update(tls_context=context, require_starttls=True)
     if login is not None:
 
         def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth: Any):  # type: ignore[no-untyped-def]
@@ -155,7 +161,9 @@ def smtp_server(
                 mailbox.logins.append(auth.login.decode())
             return AuthResult(success=ok)
 
-        options.update(authenticator=authenticate, auth_require_tls=tls is not None)
+        # with implicit TLS aiosmtpd does not see the session as TLS, though it is
+        require_tls = tls is not None and not implicit_tls
+        options.update(authenticator=authenticate, auth_require_tls=require_tls)
     port = free_port()
     controller = Controller(mailbox, hostname="127.0.0.1", port=port, **options)
     controller.start()

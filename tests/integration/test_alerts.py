@@ -378,6 +378,25 @@ def test_email_alerts_one_by_one_and_as_a_digest_over_starttls_with_login(
                    " WHERE route = 'reviews'") == len(digests)  # fmt: skip
 
 
+def test_email_over_implicit_tls_with_login(
+    database: str, endpoints: Endpoints, tmp_path: Path, scored: pl.DataFrame
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    frame = scored.filter("is_flagged").head(3)
+    with smtp_server(tls=(cert, key), login=("alerts", "pw"), implicit_tls=True) as (box, port):
+        settings = _settings(
+            database, endpoints, tmp_path, dedupe_window_s=0,
+            channels={"mail": {"kind": "email", "host": "127.0.0.1", "port": port,
+                               "security": "ssl", "username": "alerts", "password": "pw",
+                               "ca_file": str(cert)}},
+            routes=[{"name": "all", "channel": "mail", "recipients": ["ops@example.com"]}],
+        )  # fmt: skip
+        _write(settings, frame)
+        with dispatching(settings):
+            wait_for(lambda: len(box.messages) >= 3, 30, "three alerts mailed over TLS")
+    assert len(box.to("ops@example.com")) == 3 and box.logins == ["alerts"] * 3
+
+
 # --- crashes and standby --------------------------------------------------------------------
 
 

@@ -208,12 +208,32 @@ def render_html(report: Report, *, with_charts: bool = True) -> str:
     )
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def write_csv(report: Report, directory: Path) -> list[Path]:
     """One `<section>.csv` per section into `directory` (created if missing)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, frame in report.sections().items():
         path = directory / f"{name}.csv"
-        frame.write_csv(path)
+        spreadsheet_safe(frame).write_csv(path)
         written.append(path)
     return written
+
+
+def spreadsheet_safe(frame: pl.DataFrame) -> pl.DataFrame:
+    """Text that a spreadsheet would run as a formula (a merchant id `=HYPERLINK(...)`: the
+    data is untrusted) gets a leading `'`, which spreadsheets show as text. Numbers stay."""
+    texts = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    return frame.with_columns(
+        pl.when(_starts_formula(name))
+        .then(pl.lit("'") + pl.col(name))
+        .otherwise(pl.col(name))
+        .alias(name)
+        for name in texts
+    )
+
+
+def _starts_formula(name: str) -> pl.Expr:
+    return pl.any_horizontal(pl.col(name).str.starts_with(start) for start in _FORMULA_START)
