@@ -5,10 +5,12 @@
 Starts the embedded stack in a temporary directory, scores a seeded stream with the shipped
 rules once, then writes it as `--batches` scored batches through `PostgresSink` into a freshly
 migrated database: median and best of `--repeat` runs, each on a new database, after one
-untimed warm-up batch. Also measured: the same batches written again (all already stored:
-the idempotent fallback path), the three ways to feed COPY on the same batches (psycopg
-`write_row` in text and in binary with `set_types`, Polars-rendered CSV; COPY into the staging
-table only), and the baseline: one INSERT and one commit per row. Prints one JSON line.
+untimed warm-up batch. Also measured: the same with the alert outbox (the default route: one
+`alerts` row per flagged transaction, in the same transaction), the same batches written
+again (all already stored: the idempotent fallback path), the three ways to feed COPY on the
+same batches (psycopg `write_row` in text and in binary with `set_types`, Polars-rendered CSV;
+COPY into the staging table only), and the baseline: one INSERT and one commit per row.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from psycopg import sql
 from fraudstream.adapters import postgres as pg
 from fraudstream.adapters.postgres_schema import TRANSACTION_COLUMNS, render
 from fraudstream.config import load_settings
+from fraudstream.core.alerting import AlertRouting
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.features import FeatureConfig, FeatureState
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.ports import ScoredBatch
+from fraudstream.runners.serve import alert_routing
 from fraudstream.stack import Stack
 
 BASELINE_ROWS = 2000
@@ -73,10 +77,13 @@ def fresh_database(base_url: str) -> str:
     return url
 
 
-def sink_rates(url: str, batches: list[pl.DataFrame]) -> tuple[float, float]:
-    """Rows/s writing new batches, then rows/s writing the same batches again."""
+def sink_rates(
+    url: str, batches: list[pl.DataFrame], routing: AlertRouting | None = None
+) -> tuple[float, float]:
+    """Rows/s writing new batches, then rows/s writing the same batches again; with `routing`,
+    every flagged row also gets its alert outbox rows in the same transaction."""
     rows = sum(batch.height for batch in batches[1:])
-    with pg.PostgresSink(url) as sink:
+    with pg.PostgresSink(url, alert_routing=routing) as sink:
         sink.write(ScoredBatch(batches[0], ()))  # warm-up: connection, staging table, caches
         start = time.perf_counter()
         for batch in batches[1:]:
@@ -172,6 +179,10 @@ def main() -> None:
             (sink_rates(fresh_database(base), batches) for _ in range(args.repeat)),
             key=lambda rates: rates[0],
         )
+        routing = alert_routing(settings)
+        outbox = sorted(
+            sink_rates(fresh_database(base), batches, routing)[0] for _ in range(args.repeat)
+        )
         methods = copy_method_rates(fresh_database(base), batches[1:])
         baseline = baseline_rate(fresh_database(base), frame.head(BASELINE_ROWS))
         with psycopg.connect(base) as connection:
@@ -190,6 +201,8 @@ def main() -> None:
         "sink_rows_per_s": round(sink),
         "sink_rows_per_s_best": round(runs[-1][0]),
         "sink_rewrite_same_batches_rows_per_s": round(again),
+        "sink_with_alert_outbox_rows_per_s": round(outbox[len(outbox) // 2]),
+        "flagged_share": round(frame.get_column("is_flagged").mean() or 0.0, 4),
         "copy_only_rows_per_s": {name: round(rate) for name, rate in methods.items()},
         "baseline": {
             "what": "one INSERT and one commit per row",
