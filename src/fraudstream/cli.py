@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fraudstream.cli_alerts import alerts_app
+from fraudstream.cli_dashboard import dashboard
 from fraudstream.cli_history import history_app
 from fraudstream.cli_models import backtest, models_app, train
 from fraudstream.cli_report import report
@@ -171,11 +172,20 @@ def run(
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: when done).")
     ] = None,
+    with_dashboard: Annotated[
+        bool, typer.Option("--dashboard/--no-dashboard", help="Serve the live dashboard too.")
+    ] = True,
+    dashboard_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Dashboard port (default: a free one).")
+    ] = None,
 ) -> None:
-    """The main job: stack, topics, schema, N workers, the generator producing, a live view."""
+    """The main job: stack, topics, schema, N workers, the generator producing, a live view
+    in the terminal and the dashboard in the browser."""
     from fraudstream.pipeline_view import RunOptions, run_pipeline  # noqa: PLC0415
 
-    options = RunOptions(transactions, seed, rate, workers, duration)
+    options = RunOptions(
+        transactions, seed, rate, workers, duration, with_dashboard, dashboard_port
+    )
     code = run_pipeline(settings_or_exit(), options, console, _stop_on_signals())
     raise typer.Exit(code)
 
@@ -240,3 +250,4 @@ app.command()(report)
 app.add_typer(models_app, name="models")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(history_app, name="history")
+app.command()(dashboard)

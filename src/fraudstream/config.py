@@ -14,7 +14,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -130,6 +138,19 @@ class WorkerSettings(BaseModel):
     a moved partition resumes from the newest checkpoint) or `memory` (no checkpoints: a
     restart folds the log from its beginning)."""
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    metrics_port: int | None = Field(default=0, ge=0, le=65535)
+    """Where the worker serves Prometheus metrics (`/metrics`, all interfaces): 0 any free port
+    (each worker reports its own in its status file, see `runners.serve.metrics_endpoints`);
+    N a fixed port, where the i-th of several workers that `fraudstream run` starts listens
+    on N + i; None (`off` in the environment or a file) no metrics server."""
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_off(cls, value: object) -> object:
+        """`off` / `none` / empty: no server (an environment variable cannot hold None)."""
+        if isinstance(value, str) and value.strip().lower() in {"", "off", "none", "null"}:
+            return None
+        return value
 
 
 class ModelSettings(BaseModel):

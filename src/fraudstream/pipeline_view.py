@@ -2,16 +2,18 @@
 
 Embedded stack up (or the servers the settings name), topics and schema created, N worker
 processes scoring into PostgreSQL (and a Delta Lake history of the decisions), the alert
-dispatcher delivering the flagged ones (by default to the `alerts` topic), the generator
-publishing a labelled stream at a target rate, and a live view of what is stored: produced,
-scored, flagged, dead-lettered, tx/s, event→decision latency and recall per fraud scenario (the
-ground truth never leaves this process). Ends on Ctrl-C, after `duration`, or once every
-produced message is accounted for; then everything it started is stopped.
+dispatcher delivering the flagged ones (by default to the `alerts` topic), the Streamlit
+dashboard (a child process reading PostgreSQL), the generator publishing a labelled stream at
+a target rate, and a live view of what is stored: produced, scored, flagged, dead-lettered,
+tx/s, event→decision latency and recall per fraud scenario (the ground truth never leaves this
+process). Ends on Ctrl-C, after `duration`, or once every produced message is accounted for;
+then everything it started is stopped, the dashboard first.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from fraudstream.adapters.pipeline_stats import (
     StoredFigures,
     clear_pipeline_tables,
 )
+from fraudstream.cli_dashboard import dashboard_url, start_dashboard, stop_dashboard
 from fraudstream.config import Settings
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.runners.alerts import AlertDispatcher
@@ -35,6 +38,7 @@ from fraudstream.runners.local import ProducerThread, WorkerProcesses
 from fraudstream.runners.replay import scenario_report
 from fraudstream.runners.serve import prepare_pipeline
 from fraudstream.stack import Stack, running_stack_settings
+from fraudstream.stack.process import free_port
 from fraudstream.views import scenario_table
 
 REFRESH_S = 0.5
@@ -47,6 +51,9 @@ class RunOptions:
     rate: float
     workers: int
     duration: float | None
+    dashboard: bool = True
+    dashboard_port: int | None = None
+    """None: any free port."""
 
 
 @dataclass
@@ -78,6 +85,7 @@ def run_pipeline(
     producer: ProducerThread | None = None
     alerts: threading.Thread | None = None
     alerts_stop = threading.Event()
+    dashboard: subprocess.Popen[bytes] | None = None
     try:
         settings = running_stack_settings(settings)
         endpoints = stack.endpoints()
@@ -86,6 +94,8 @@ def run_pipeline(
             prepare_pipeline(settings)
             if "postgres" in endpoints.embedded:
                 clear_pipeline_tables(endpoints.postgres_url)  # the demo's scratch database
+        if options.dashboard:
+            dashboard = _start_dashboard(settings, options.dashboard_port, console)
         with console.status(f"simulating {options.transactions:,} labelled transactions…"):
             stream = generate(
                 GeneratorConfig(seed=options.seed, n_transactions=options.transactions)
@@ -111,6 +121,8 @@ def run_pipeline(
         return 0 if producer.error is None and progress else 1
     finally:
         with console.status("stopping workers and servers…"):
+            if dashboard is not None:
+                stop_dashboard(dashboard)
             if producer is not None:
                 producer.stop()
                 producer.join(timeout=30)
@@ -120,6 +132,18 @@ def run_pipeline(
                 alerts.join(timeout=30)
             stack.stop()
         console.print(f"workers exited with {codes}; nothing embedded is left running")
+
+
+def _start_dashboard(
+    settings: Settings, port: int | None, console: Console
+) -> subprocess.Popen[bytes]:
+    """The dashboard server, on `port` or any free one; its URL printed before the live view
+    (it is up a few seconds later), its output in the logs beside the workers'."""
+    port = port or free_port()
+    log = settings.stack.data_dir / "logs" / "dashboard.log"
+    process = start_dashboard(settings, port, log)
+    console.print(f"dashboard: {dashboard_url('127.0.0.1', port)} (log: {log})")
+    return process
 
 
 def _start_dispatcher(settings: Settings, stop: threading.Event) -> threading.Thread:

@@ -5,7 +5,8 @@ database already has them indexed by `event_time`; only the aggregates travel. E
 selects by event time in the half-open period [start, end), alerts by their transaction's event
 time (`alerts.event_time`), so the alert figures describe the same transactions as the others.
 All queries run in one read-only REPEATABLE READ transaction: one snapshot, so the figures add
-up even while workers keep writing.
+up even while workers keep writing. The queries take any `Scope` (a condition with its
+parameters) where they can: the dashboard reuses them with its filters on decision time.
 
 Ties are broken by id in byte order (`COLLATE "C"`), the same whatever the database's locale.
 Rates are null, never a division by zero, when there is nothing to divide: an empty period, a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, LiteralString
+from typing import Any, Final, LiteralString, Protocol
 
 import polars as pl
 import psycopg
@@ -27,12 +28,22 @@ HOURLY_UP_TO: Final = timedelta(days=2)
 """Periods up to this long get an hourly series, longer ones a daily one."""
 SCORE_BINS: Final = 20
 
-_PERIOD: Final = sql.SQL("event_time >= %(start)s AND event_time < %(end)s")
-_T_PERIOD: Final = sql.SQL("t.event_time >= %(start)s AND t.event_time < %(end)s")
 _BIN: Final = "least(greatest(floor({} * %(bins)s::int), 0), %(bins)s::int - 1)::int"
 _COUNT: Final = pl.Int64()
 _RATE: Final = pl.Float64()
 _ACTIONS: Final = ("approve", "review", "decline")
+
+
+class Scope(Protocol):
+    """Which transactions a figure counts: a condition on `transactions` and its parameters.
+
+    A report's `Period` is one; the dashboard's filters (decision time, action, rule,
+    merchant) are another, so both read their figures with the same queries. `alias` is the
+    table's alias in the query (`t`), or None for bare column names."""
+
+    def condition(self, alias: str | None) -> sql.Composable: ...
+
+    def params(self, **more: Any) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,10 @@ class Period:
     def step_hours(self) -> int:
         """The series' bucket: 1 hour for short periods, else 24 hours (UTC days)."""
         return 1 if self.end - self.start <= HOURLY_UP_TO else 24
+
+    def condition(self, alias: str | None) -> sql.Composable:
+        column = sql.Identifier(alias, "event_time") if alias else sql.Identifier("event_time")
+        return sql.SQL("{column} >= %(start)s AND {column} < %(end)s").format(column=column)
 
     def params(self, **more: Any) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, **more}
@@ -154,9 +169,11 @@ def collect(
         )
 
 
-def _query(template: LiteralString, **parts: sql.Composable) -> sql.Composed:
-    """`template` with `{period}` / `{t_period}` (the period on `transactions` / `t`) filled."""
-    return sql.SQL(template).format(period=_PERIOD, t_period=_T_PERIOD, **parts)
+def _query(template: LiteralString, scope: Scope, **parts: sql.Composable) -> sql.Composed:
+    """`template` with `{period}` / `{t_period}` (the scope on `transactions` / `t`) filled."""
+    return sql.SQL(template).format(
+        period=scope.condition(None), t_period=scope.condition("t"), **parts
+    )
 
 
 def _frame(
@@ -166,22 +183,24 @@ def _frame(
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def headline_counts(connection: Connection, period: Period) -> Headline:
+def headline_counts(connection: Connection, period: Scope) -> Headline:
     query = _query(
         "SELECT count(*), count(DISTINCT t.card_ref), count(*) FILTER (WHERE t.is_flagged),"
         " count(l.transaction_id), count(*) FILTER (WHERE l.is_fraud)"
-        " FROM transactions t LEFT JOIN labels l USING (transaction_id) WHERE {t_period}"
+        " FROM transactions t LEFT JOIN labels l USING (transaction_id) WHERE {t_period}",
+        period,
     )
     row = connection.execute(query, period.params()).fetchone()
     assert row is not None  # an aggregate without GROUP BY always returns a row
     return Headline(*(int(value) for value in row))
 
 
-def volume_by_currency(connection: Connection, period: Period) -> pl.DataFrame:
+def volume_by_currency(connection: Connection, period: Scope) -> pl.DataFrame:
     """Count and amount per currency: amounts in different currencies do not add up."""
     query = _query(
         "SELECT currency, count(*), sum(amount) FROM transactions WHERE {period}"
-        " GROUP BY currency ORDER BY count(*) DESC, currency"
+        " GROUP BY currency ORDER BY count(*) DESC, currency",
+        period,
     )
     schema = {"currency": pl.String(), "transactions": _COUNT, "amount": pl.Float64()}
     return _frame(connection, query, period.params(), schema)
@@ -200,26 +219,28 @@ def volume_over_time(connection: Connection, period: Period) -> pl.DataFrame:
         " count(t.transaction_id) FILTER (WHERE t.is_flagged)"
         " FROM buckets b LEFT JOIN transactions t ON t.event_time >= b.bucket"
         " AND t.event_time < b.bucket + make_interval(hours => %(step)s) AND {t_period}"
-        " GROUP BY b.bucket ORDER BY b.bucket"
+        " GROUP BY b.bucket ORDER BY b.bucket",
+        period,
     )
     schema = {"bucket": pl.Datetime("us", "UTC"), "transactions": _COUNT, "flagged": _COUNT}
     return _frame(connection, query, period.params(step=period.step_hours), schema)
 
 
-def decisions_by_action(connection: Connection, period: Period) -> pl.DataFrame:
+def decisions_by_action(connection: Connection, period: Scope) -> pl.DataFrame:
     """Every action, even one never taken, with its share of the period's transactions."""
     query = _query(
         "SELECT a.action, count(t.transaction_id),"
         " count(t.transaction_id)::float8 / nullif(sum(count(t.transaction_id)) OVER (), 0)"
         " FROM unnest(%(actions)s::text[]) WITH ORDINALITY AS a(action, position)"
         " LEFT JOIN transactions t ON t.action = a.action AND {t_period}"
-        " GROUP BY a.action, a.position ORDER BY a.position"
+        " GROUP BY a.action, a.position ORDER BY a.position",
+        period,
     )
     schema = {"action": pl.String(), "transactions": _COUNT, "share": _RATE}
     return _frame(connection, query, period.params(actions=list(_ACTIONS)), schema)
 
 
-def top_rules(connection: Connection, period: Period, top: int, transactions: int) -> pl.DataFrame:
+def top_rules(connection: Connection, period: Scope, top: int, transactions: int) -> pl.DataFrame:
     """The rules that fired most; precision = labelled-fraud hits / labelled hits."""
     query = _query(
         "SELECT r.rule_id, count(*) AS hits, count(l.transaction_id),"
@@ -228,7 +249,8 @@ def top_rules(connection: Connection, period: Period, top: int, transactions: in
         " FROM transactions t CROSS JOIN LATERAL unnest(t.rules_fired) AS r(rule_id)"
         " LEFT JOIN labels l ON l.transaction_id = t.transaction_id"
         " WHERE {t_period} GROUP BY r.rule_id"
-        ' ORDER BY hits DESC, r.rule_id COLLATE "C" LIMIT %(top)s'
+        ' ORDER BY hits DESC, r.rule_id COLLATE "C" LIMIT %(top)s',
+        period,
     )
     schema = {
         "rule_id": pl.String(), "hits": _COUNT, "labelled_hits": _COUNT,
@@ -240,7 +262,7 @@ def top_rules(connection: Connection, period: Period, top: int, transactions: in
     return frame.with_columns(hit_rate=hit_rate).select(order)
 
 
-def top_flagged(connection: Connection, period: Period, column: str, top: int) -> pl.DataFrame:
+def top_flagged(connection: Connection, period: Scope, column: str, top: int) -> pl.DataFrame:
     """The `column` values (merchant, country) with most flagged transactions, and their
     volume and flag rate; values never flagged are left out."""
     query = _query(
@@ -249,6 +271,7 @@ def top_flagged(connection: Connection, period: Period, column: str, top: int) -
         " FROM transactions WHERE {period} GROUP BY {name}"
         " HAVING count(*) FILTER (WHERE is_flagged) > 0"
         ' ORDER BY flagged DESC, count(*) DESC, {name} COLLATE "C" NULLS LAST LIMIT %(top)s',
+        period,
         name=sql.Identifier(column),
     )
     schema = {column: pl.String(), "transactions": _COUNT, "flagged": _COUNT, "flag_rate": _RATE}
@@ -272,6 +295,7 @@ def alert_delivery(connection: Connection, period: Period) -> pl.DataFrame:
         "  WHERE x.alert_id = a.id AND x.outcome = 'failed') f ON true"
         " WHERE a.event_time >= %(start)s AND a.event_time < %(end)s"
         " GROUP BY a.channel ORDER BY a.channel",
+        period,
         delay=sql.SQL("extract(epoch FROM a.delivered_at - a.created_at)::float8"),
     )
     schema = {
@@ -282,7 +306,7 @@ def alert_delivery(connection: Connection, period: Period) -> pl.DataFrame:
     return _frame(connection, query, period.params(), schema)
 
 
-def score_distribution(connection: Connection, period: Period, bins: int) -> pl.DataFrame:
+def score_distribution(connection: Connection, period: Scope, bins: int) -> pl.DataFrame:
     """Histogram of `score` and of `model_score` (where a model scored) over [0, 1] in `bins`
     equal bins; bin k holds [k/bins, (k+1)/bins), the last one also 1.0. NaN is left out."""
     query = _query(
@@ -296,6 +320,7 @@ def score_distribution(connection: Connection, period: Period, bins: int) -> pl.
         " LEFT JOIN (SELECT model_bin AS bin, count(*) AS n FROM scored"
         "  WHERE model_bin IS NOT NULL GROUP BY 1) m USING (bin)"
         " ORDER BY b.bin",
+        period,
         score_bin=sql.SQL(_BIN).format(sql.Identifier("score")),
         model_bin=sql.SQL(_BIN).format(sql.Identifier("model_score")),
     )

@@ -26,6 +26,7 @@ from fraudstream.config import Settings
 from fraudstream.runners.serve import assignments, clear_assignments, forget_assignment
 
 WORKER_STOP_TIMEOUT_S = 30.0
+METRICS_PORT_ENV = "FRAUDSTREAM_WORKER__METRICS_PORT"
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -39,6 +40,15 @@ def worker_environment(settings: Settings) -> dict[str, str]:
             if value is not None:
                 env[f"FRAUDSTREAM_{section.upper()}__{name.upper()}"] = _env_text(value)
     return env
+
+
+def metrics_port_text(port: int | None, number: int) -> str:
+    """Worker `number`'s `worker.metrics_port` as an environment value: a fixed port N is
+    N + number, so several workers on one host do not collide; 0 (any free port) stays 0;
+    None is `off`, since a variable left out would mean the default."""
+    if port is None:
+        return "off"
+    return str(port + number if port else 0)
 
 
 def _env_text(value: object) -> str:
@@ -77,10 +87,12 @@ class WorkerProcesses:
 
     def _spawn(self, number: int) -> subprocess.Popen[bytes]:
         name = f"worker-{number}"
+        env = worker_environment(self.settings)
+        env[METRICS_PORT_ENV] = metrics_port_text(self.settings.worker.metrics_port, number)
         with (self.log_dir / f"{name}.log").open("ab") as log:
             return subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", "fraudstream", "worker", "--name", name],
-                env=worker_environment(self.settings),
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

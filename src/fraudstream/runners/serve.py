@@ -30,6 +30,7 @@ from fraudstream.ports import Sink
 from fraudstream.runners.models import ModelWatcher
 from fraudstream.runners.stream_state import StreamState
 from fraudstream.runners.worker import Worker, WorkerTotals
+from fraudstream.runners.worker_metrics import WorkerTelemetry
 
 log = logging.getLogger("fraudstream.worker")
 WORKERS_DIR = "workers"
@@ -95,9 +96,12 @@ def model_signing_key(settings: Settings) -> bytes:
     )
 
 
-def build_worker(settings: Settings, name: str = "worker") -> Worker:
+def build_worker(
+    settings: Settings, name: str = "worker", telemetry: WorkerTelemetry | None = None
+) -> Worker:
     """A worker wired to the servers the settings name (see `running_stack_settings`); it
-    reports its partitions in `stack.data_dir/workers/<name>.json` (see `assignments`)."""
+    reports its partitions, and the port of its metrics if it has `telemetry`, in
+    `stack.data_dir/workers/<name>.json` (see `assignments` and `metrics_endpoints`)."""
     config = FeatureConfig()
     kafka = settings.kafka
     client = kafka.client_config(_bootstrap(settings))
@@ -132,7 +136,10 @@ def build_worker(settings: Settings, name: str = "worker") -> Worker:
         max_wait_s=worker.max_wait_ms / 1000,
         backoff_max_s=worker.retry_backoff_max_s,
         end_grace_s=worker.end_grace_ms / 1000,
-        on_assignment=_assignment_writer(settings.stack.data_dir / WORKERS_DIR / f"{name}.json"),
+        on_assignment=_assignment_writer(
+            settings.stack.data_dir / WORKERS_DIR / f"{name}.json", telemetry
+        ),
+        metrics=None if telemetry is None else telemetry.metrics,
     )
 
 
@@ -149,12 +156,18 @@ def checkpoint_store(settings: Settings) -> CheckpointStore | None:
     return CheckpointStore(settings.redis.url.get_secret_value(), namespace)
 
 
-def _assignment_writer(path: Path) -> Callable[[list[int]], None]:
+def _assignment_writer(
+    path: Path, telemetry: WorkerTelemetry | None
+) -> Callable[[list[int]], None]:
     path.parent.mkdir(parents=True, exist_ok=True)
+    port = None if telemetry is None else telemetry.port
 
     def write(partitions: list[int]) -> None:
+        if telemetry is not None:
+            telemetry.assigned(partitions)
+        status = {"pid": os.getpid(), "partitions": partitions, "metrics_port": port}
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"pid": os.getpid(), "partitions": partitions}))
+        temporary.write_text(json.dumps(status))
         temporary.replace(path)
 
     return write
@@ -171,6 +184,20 @@ def assignments(settings: Settings) -> dict[str, list[int]]:
     return found
 
 
+def metrics_endpoints(settings: Settings) -> dict[str, int]:
+    """The port of each worker's `/metrics` (on the worker's host), by worker name: those of
+    this project that reported partitions and serve metrics (`worker.metrics_port` set)."""
+    found = {}
+    for path in sorted((settings.stack.data_dir / WORKERS_DIR).glob("*.json")):
+        try:
+            port = json.loads(path.read_text()).get("metrics_port")
+        except (OSError, ValueError):
+            continue  # being replaced right now
+        if isinstance(port, int):
+            found[path.stem] = port
+    return found
+
+
 def forget_assignment(settings: Settings, name: str) -> None:
     (settings.stack.data_dir / WORKERS_DIR / f"{name}.json").unlink(missing_ok=True)
 
@@ -181,11 +208,32 @@ def clear_assignments(settings: Settings) -> None:
 
 
 def serve(settings: Settings, stop: threading.Event, name: str = "worker") -> WorkerTotals:
-    """Prepare topics and schema, then score until `stop` is set."""
+    """Prepare topics and schema, then score until `stop` is set; metrics are served on
+    `worker.metrics_port` meanwhile (unless it is None)."""
     prepare_pipeline(settings)
-    worker = build_worker(settings, name)
-    log.info("worker joined group %s", settings.worker.group_id)
-    return worker.run(stop)
+    telemetry = start_telemetry(settings, name)
+    try:
+        worker = build_worker(settings, name, telemetry)
+        log.info("worker joined group %s", settings.worker.group_id)
+        return worker.run(stop)
+    finally:
+        if telemetry is not None:
+            telemetry.close()
+
+
+def start_telemetry(settings: Settings, name: str) -> WorkerTelemetry | None:
+    """The metrics server and lag poller of worker `name`, or None (`worker.metrics_port`
+    None)."""
+    port = settings.worker.metrics_port
+    if port is None:
+        return None
+    kafka = settings.kafka
+    try:
+        return WorkerTelemetry.start(
+            name, port, kafka_client(settings), settings.worker.group_id, kafka.transactions_topic
+        )
+    except OSError as error:  # a fixed port already taken, most likely
+        raise SettingsError(f"worker.metrics_port {port}: cannot listen there ({error})") from None
 
 
 def kafka_client(settings: Settings) -> dict[str, str]:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 from confluent_kafka import (
@@ -49,6 +50,9 @@ from fraudstream.runners.alignment import Arrival, EventTimeAligner
 from fraudstream.runners.batch_writer import BatchWriter, InFlight
 from fraudstream.runners.messages import dead_letter, positions
 from fraudstream.runners.stream_state import StreamState
+
+if TYPE_CHECKING:
+    from fraudstream.adapters.metrics import WorkerMetrics
 
 log = logging.getLogger("fraudstream.worker")
 
@@ -82,7 +86,7 @@ class Worker:
     """One member of the scoring consumer group.
 
     `engine` is called for the current engine before each batch, so a hot-reloaded ruleset takes
-    effect between batches, never inside one.
+    effect between batches, never inside one. `metrics`, when given, hears of every batch.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Worker:
         partition_buffer: int = 10_000,
         end_grace_s: float = 0.2,
         on_assignment: Callable[[list[int]], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._group = group
         self._reader = reader
@@ -108,6 +113,9 @@ class Worker:
         self._engine = engine
         self.state = state
         self.totals = WorkerTotals()
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.follow(self.totals)
         self._writer = BatchWriter(sinks, backoff_max_s=backoff_max_s, timed=self.totals.add_time)
         self._in_flight: InFlight | None = None
         self._max_batch = max_batch
@@ -173,6 +181,8 @@ class Worker:
                     self._settle(stop)
                 if self.state.checkpoint_due():
                     self.state.save_checkpoint()
+                if self._metrics is not None:
+                    self._metrics.state(self.state.features)
         finally:
             self._settle_before_leaving(stop)
             if self._joined:
@@ -313,6 +323,7 @@ class Worker:
         decided = [self._decides(a.message) for a in arrivals]
         batch = self.score(arrivals, decided)
         self.state.folded(_next_offsets([a.message for a in arrivals]))
+        scored_s = time.perf_counter() - started
         self.totals.add_time("score", started)
         mine = [a.message for a, d in zip(arrivals, decided, strict=True) if d]
         self.totals.folded += len(arrivals) - len(mine)
@@ -325,6 +336,9 @@ class Worker:
         self.totals.scored += batch.frame.height
         self.totals.flagged += int(batch.frame.get_column("is_flagged").sum())
         self.totals.dead_letters += len(batch.dead_letters)
+        if self._metrics is not None:
+            letters, written = len(batch.dead_letters), self._in_flight.written
+            self._metrics.batch_scored(batch.frame, letters, scored_s, written)
         return True
 
     def score(self, arrivals: list[Arrival], decided: list[bool]) -> ScoredBatch:

@@ -1,0 +1,11 @@
+"""The live Streamlit dashboard: what the pipeline decides, read from PostgreSQL only.
+
+`queries` holds the SQL, `database` the one shared connection, `charts` the Plotly figures and
+`app` the page (run by `streamlit run`, which `fraudstream dashboard` and `fraudstream run`
+start as a child process with the pipeline's settings in its environment).
+"""
+
+from pathlib import Path
+
+APP_PATH = Path(__file__).with_name("app.py")
+"""The script `streamlit run` is given."""
