@@ -1,5 +1,6 @@
 """`fraudstream` command line: run, worker, demo, generate, stack, produce, rules; backtest,
-train and models live in `cli_models`."""
+train and models live in `cli_models`, alerts in `cli_alerts`, history in `cli_history`,
+report in `cli_report`, dashboard in `cli_dashboard`."""
 
 from __future__ import annotations
 
