@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +21,7 @@ import psycopg
 import pytest
 from alert_receivers import http_receiver, self_signed_certificate, smtp_server
 from kafka_helpers import read_messages
-from pipeline_helpers import fresh_pipeline
-from psycopg import sql
+from pipeline_helpers import fresh_pipeline, wait_for
 
 from fraudstream.adapters.kafka import TransactionProducer
 from fraudstream.adapters.postgres import PostgresSink, migrate
@@ -59,16 +58,10 @@ def scored() -> pl.DataFrame:
 
 
 @pytest.fixture
-def database(endpoints: Endpoints) -> Iterator[str]:
-    name = f"alerts_{uuid.uuid4().hex[:12]}"
-    admin = endpoints.postgres_url
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = admin.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+def database(database: str) -> str:
+    """Here every test starts from the pipeline schema (conftest's database, migrated)."""
+    migrate(database)
+    return database
 
 
 def _settings(url: str, endpoints: Endpoints, tmp_path: Path, **alerts: Any) -> Settings:
@@ -111,14 +104,6 @@ def dispatching(settings: Settings) -> Iterator[dict[str, ChannelTotals]]:
         stop.set()
         thread.join(30)
         assert not thread.is_alive(), "the dispatcher must stop when asked"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _webhook_channels(port: int) -> dict[str, Any]:

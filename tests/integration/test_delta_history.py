@@ -6,12 +6,9 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
 import polars as pl
@@ -218,22 +215,11 @@ def test_two_processes_append_to_one_table_at_once(tmp_path: Path, scored: pl.Da
 # --- the same decisions as PostgreSQL ------------------------------------------------------------
 
 
-def _url_for(url: str, database: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
-
-
 @pytest.fixture
-def database(endpoints: Endpoints) -> Iterator[str]:
-    """The URL of a new, migrated database, dropped after the test."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = _url_for(endpoints.postgres_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _url_for(endpoints.postgres_url, name)
-    migrate(url)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+def database(database: str) -> str:
+    """Here every test starts from the pipeline schema (conftest's database, migrated)."""
+    migrate(database)
+    return database
 
 
 def _postgres_decisions(url: str) -> pl.DataFrame:

@@ -9,12 +9,9 @@ import dataclasses
 import math
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString
-from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 import psycopg
@@ -39,26 +36,9 @@ from fraudstream.core.features import FeatureConfig, FeatureState
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.ports import DeadLetter, ScoredBatch, SinkUnavailable
-from fraudstream.stack import Endpoints
 from fraudstream.stack.process import free_port
 
 DECIDED_AT = datetime(2026, 11, 23, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def _url_for(url: str, database: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
-
-
-@pytest.fixture
-def database(endpoints: Endpoints) -> Iterator[str]:
-    """The URL of a new, empty database, dropped after the test."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = _url_for(endpoints.postgres_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield _url_for(endpoints.postgres_url, name)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 SHIPPED = [migration.version for migration in load_migrations()]
