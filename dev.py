@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".fraudstream-install-stamp"
-EXTRAS = "dev,pipeline"
+EXTRAS = "dev,pipeline,spark"
 
 
 def _install_fingerprint() -> str:
@@ -66,6 +66,7 @@ TEST_PACKAGES = {
     "chromium": "chromium",  # the dashboard's browser test (headless)
     "prometheus": "prometheus",  # scraping the workers with the shipped scrape configuration
     "docker-compose": "docker-compose",  # validating deploy/compose.yaml (no engine needed)
+    "java": "openjdk-17-jre-headless",  # the Spark runner's tests (PySpark needs a JVM)
 }
 """Debian packages some tests need, by the command each provides."""
 

@@ -11,6 +11,7 @@ starts for it. Secrets are `SecretStr`, so they never show in a repr or a log li
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -177,6 +178,31 @@ class HistorySettings(BaseModel):
     """Object store options for `delta_path`, credentials included: never log them."""
 
 
+class SparkSettings(BaseModel):
+    """The Spark Structured Streaming runner (`fraudstream spark`, `runners/spark_job.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    master: str = "local[*]"
+    """Any Spark master URL: local[N], spark://host:7077, yarn, k8s://https://..."""
+    source: Literal["python", "kafka"] = "python"
+    """`python`: the project's own Kafka source (Python Data Source API, nothing to install);
+    `kafka`: Spark's built-in format, where the spark-sql-kafka jar is on the classpath."""
+    checkpoint_dir: str | None = None
+    """Where the query keeps its offsets and state (any Hadoop-compatible path on a cluster).
+    Unset: `stack.data_dir/spark/<transactions topic>`."""
+    max_offsets_per_trigger: int | None = Field(default=50_000, ge=1)
+    """Most messages one micro-batch reads (None: everything available)."""
+    trigger_interval_ms: int = Field(default=1000, ge=0)
+    """How often a micro-batch starts when the query runs on (not with --available-now)."""
+    shuffle_partitions: int = Field(default=0, ge=0)
+    """`spark.sql.shuffle.partitions`; 0: the machine's core count."""
+    driver_memory: str = "2g"
+    ui: bool = False
+    conf: dict[str, str] = Field(default_factory=dict)
+    """Any other Spark settings, passed through as they are."""
+
+
 Severity = Literal["low", "medium", "high", "critical"]
 FlagAction = Literal["review", "decline"]
 
@@ -319,6 +345,70 @@ class AlertSettings(BaseModel):
         return self
 
 
+_SQL_NAME = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
+
+
+class CaptureSettings(BaseModel):
+    """Change-data capture (`fraudstream capture`): the rows a system inserts into a PostgreSQL
+    table, read by logical replication and published to the transactions topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_url: SecretStr | None = None
+    """The database holding the table; unset: the pipeline's (`postgres.url`). Its user needs
+    the REPLICATION attribute, its server `wal_level = logical`."""
+    table: str = Field(default="payments", pattern=rf"^({_SQL_NAME}\.)?{_SQL_NAME}$")
+    """`schema.table`, or `table` in schema `public`."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Transaction field -> source column, for fields whose column has another name; every
+    other field is read from the column of its own name when the table has one."""
+    id_prefix: str = Field(default="", max_length=64)
+    """Put before each transaction id (`payments-`), to keep several sources' ids apart."""
+    slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$")
+    """The replication slot; unset: `fraudstream_<schema>_<table>`."""
+    publication: str | None = Field(default=None, pattern=rf"^{_SQL_NAME}$")
+    """The publication; unset: the slot's name."""
+    on_update: Literal["ignore", "emit"] = "ignore"
+    """`ignore`: a captured payment is not captured again (updates are counted); `emit`: the
+    new row version is published again under its transaction id, which downstream sinks
+    absorb. Deletes and truncates are always ignored and counted."""
+    snapshot: bool = False
+    """Also capture the rows that exist when the slot is created (`capture run --snapshot`)."""
+    max_batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    """Rows confirmed by Kafka together before their transactions are acknowledged."""
+    max_wait_ms: int = Field(default=200, ge=1, le=60_000)
+    """Longest a committed transaction waits for its batch to fill before it is confirmed."""
+    retry_backoff_max_s: float = Field(default=5.0, gt=0)
+    """Longest pause between attempts to reconnect while the database or Kafka is away."""
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_name_fields(cls, columns: dict[str, str]) -> dict[str, str]:
+        from fraudstream.core.events import Transaction  # noqa: PLC0415 - only when mapped
+
+        known = Transaction.__struct_fields__
+        unknown = sorted(set(columns) - set(known))
+        if unknown:
+            raise ValueError(f"not transaction fields: {unknown} (fields: {', '.join(known)})")
+        empty = sorted(field for field, column in columns.items() if not column.strip())
+        if empty:
+            raise ValueError(f"no source column given for {empty}")
+        return columns
+
+    @property
+    def slot_name(self) -> str:
+        derived = "fraudstream_" + re.sub(r"[^a-z0-9_]", "_", self.qualified_table.lower())
+        return self.slot or derived[:63]
+
+    @property
+    def publication_name(self) -> str:
+        return self.publication or self.slot_name
+
+    @property
+    def qualified_table(self) -> str:
+        return self.table if "." in self.table else f"public.{self.table}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRAUDSTREAM_", env_nested_delimiter="__", extra="forbid"
@@ -332,6 +422,8 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     alerts: AlertSettings = AlertSettings()
     history: HistorySettings = HistorySettings()
+    spark: SparkSettings = SparkSettings()
+    capture: CaptureSettings = CaptureSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -22,8 +22,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
-
-from confluent_kafka import Message
+from typing import Protocol
 
 from fraudstream.core.events import Rejected, Transaction
 
@@ -31,11 +30,21 @@ NO_TIME = -(2**63)
 FOREVER = 2**63 - 1
 
 
+class SourceMessage(Protocol):
+    """What runners read from a log: a confluent-kafka `Message`, or a row Spark read."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def value(self) -> bytes | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Arrival:
     """One consumed message, decoded (`transaction`) or not (`rejected`)."""
 
-    message: Message
+    message: SourceMessage
     transaction: Transaction | None
     rejected: Rejected | None
     event_us: int
@@ -71,9 +80,22 @@ class EventTimeAligner:
             if dropped is not None:
                 self.buffered -= len(dropped.queue)
 
-    def reached_end(self, key: tuple[str, int]) -> None:
+    def reached_end(self, key: tuple[str, int], at_end: bool = True) -> None:
         if key in self._partitions:
-            self._partitions[key].at_end = True
+            self._partitions[key].at_end = at_end
+
+    def saved(self) -> list[tuple[tuple[str, int], int, bool, list[Arrival]]]:
+        """Per partition: its frontier, whether it is at its end, its queued arrivals. What a
+        runner that keeps the aligner between calls (the Spark runner) stores."""
+        return [(k, p.frontier_us, p.at_end, list(p.queue)) for k, p in self._partitions.items()]
+
+    def restore(
+        self, key: tuple[str, int], frontier_us: int, at_end: bool, queued: list[Arrival]
+    ) -> None:
+        """A partition as `saved` gave it."""
+        self.revoke([key])
+        self._partitions[key] = _Partition(deque(queued), frontier_us, at_end)
+        self.buffered += len(queued)
 
     def frontier(self, key: tuple[str, int]) -> int:
         """The newest event time seen on a partition: a dead letter's place in event time."""

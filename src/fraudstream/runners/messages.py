@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import polars as pl
-from confluent_kafka import Message
 
 from fraudstream.ports import DeadLetter
+from fraudstream.runners.alignment import SourceMessage
 
 EMPTY_MESSAGE = "message has no value"
 
 
-def positions(messages: list[Message]) -> list[pl.Series]:
+def positions(messages: list[SourceMessage]) -> list[pl.Series]:
     """Source partition, offset and broker timestamp of each accepted message."""
     return [
         pl.Series("kafka_partition", [m.partition() for m in messages], dtype=pl.Int32),
@@ -23,12 +23,12 @@ def positions(messages: list[Message]) -> list[pl.Series]:
     ]
 
 
-def _timestamp_us(message: Message) -> int | None:
+def _timestamp_us(message: SourceMessage) -> int | None:
     _, millis = message.timestamp()
     return None if millis < 0 else millis * 1000
 
 
-def dead_letter(message: Message, error: str, field: str) -> DeadLetter:
+def dead_letter(message: SourceMessage, error: str, field: str) -> DeadLetter:
     raw = message.value()
     broker_us = _timestamp_us(message)
     received = datetime.fromtimestamp(broker_us / 1e6, UTC) if broker_us else datetime.now(UTC)

@@ -106,6 +106,34 @@ def build_worker(
     kafka = settings.kafka
     client = kafka.client_config(_bootstrap(settings))
     worker = settings.worker
+    return Worker(
+        group=new_consumer(client, worker.group_id, worker.session_timeout_ms),
+        reader=new_consumer(client, f"{worker.group_id}.reader", worker.session_timeout_ms),
+        topic=kafka.transactions_topic,
+        engine=engine_source(settings, config),
+        state=StreamState(
+            config,
+            checkpoints=checkpoint_store(settings),
+            checkpoint_interval_s=worker.checkpoint_interval_s,
+            worker=name,
+        ),
+        sinks=build_sinks(settings),
+        max_batch=worker.max_batch,
+        max_wait_s=worker.max_wait_ms / 1000,
+        backoff_max_s=worker.retry_backoff_max_s,
+        end_grace_s=worker.end_grace_ms / 1000,
+        on_assignment=_assignment_writer(
+            settings.stack.data_dir / WORKERS_DIR / f"{name}.json", telemetry
+        ),
+        metrics=None if telemetry is None else telemetry.metrics,
+    )
+
+
+def build_sinks(settings: Settings) -> list[Sink]:
+    """Where every runner writes scored batches: PostgreSQL (with the alert outbox), the
+    `decisions` and `dead_letters` topics, and the Delta history when it is configured."""
+    kafka = settings.kafka
+    client = kafka.client_config(_bootstrap(settings))
     sinks: list[Sink] = [
         PostgresSink(_postgres_url(settings), alert_routing=alert_routing(settings)),
         DecisionsTopicSink(client, kafka.decisions_topic),
@@ -120,27 +148,7 @@ def build_worker(
                 storage_options=history.storage_options,
             )
         )
-    return Worker(
-        group=new_consumer(client, worker.group_id, worker.session_timeout_ms),
-        reader=new_consumer(client, f"{worker.group_id}.reader", worker.session_timeout_ms),
-        topic=kafka.transactions_topic,
-        engine=engine_source(settings, config),
-        state=StreamState(
-            config,
-            checkpoints=checkpoint_store(settings),
-            checkpoint_interval_s=worker.checkpoint_interval_s,
-            worker=name,
-        ),
-        sinks=sinks,
-        max_batch=worker.max_batch,
-        max_wait_s=worker.max_wait_ms / 1000,
-        backoff_max_s=worker.retry_backoff_max_s,
-        end_grace_s=worker.end_grace_ms / 1000,
-        on_assignment=_assignment_writer(
-            settings.stack.data_dir / WORKERS_DIR / f"{name}.json", telemetry
-        ),
-        metrics=None if telemetry is None else telemetry.metrics,
-    )
+    return sinks
 
 
 def checkpoint_store(settings: Settings) -> CheckpointStore | None:

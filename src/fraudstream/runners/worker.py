@@ -29,10 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import polars as pl
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -43,12 +41,10 @@ from confluent_kafka import (
 )
 
 from fraudstream.core.engine import Engine
-from fraudstream.core.errors import InvalidTransaction
-from fraudstream.core.events import Rejected, decode_transaction, event_time_us, to_frame
 from fraudstream.ports import ScoredBatch, Sink
 from fraudstream.runners.alignment import Arrival, EventTimeAligner
 from fraudstream.runners.batch_writer import BatchWriter, InFlight
-from fraudstream.runners.messages import dead_letter, positions
+from fraudstream.runners.scoring_step import decode_arrival, score_arrivals
 from fraudstream.runners.stream_state import StreamState
 
 if TYPE_CHECKING:
@@ -57,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fraudstream.worker")
 
 _SHORT_WAIT_S = 0.1
-_DECIDE = "_decide"
 _METADATA_TIMEOUT_S = 30.0
 
 
@@ -302,12 +297,7 @@ class Worker:
                 self._held.discard(partition)
 
     def _arrival(self, key: tuple[str, int], message: Message) -> Arrival:
-        try:
-            transaction = decode_transaction(message.value() or b"")
-        except InvalidTransaction as error:
-            rejected = Rejected(0, message.value() or b"", error)
-            return Arrival(message, None, rejected, self._aligner.frontier(key), time.monotonic())
-        return Arrival(message, transaction, None, event_time_us(transaction), time.monotonic())
+        return decode_arrival(message, self._aligner.frontier(key), time.monotonic())
 
     # -- one batch -----------------------------------------------------------------------------
 
@@ -342,23 +332,8 @@ class Worker:
         return True
 
     def score(self, arrivals: list[Arrival], decided: list[bool]) -> ScoredBatch:
-        """Fold every decoded arrival into the state and score those `decided` marks; the
-        decided arrivals that did not decode become dead letters."""
-        accepted = [(a, d) for a, d in zip(arrivals, decided, strict=True) if a.transaction]
-        transactions = [a.transaction for a, _ in accepted if a.transaction is not None]
-        letters = tuple(
-            dead_letter(a.message, a.rejected.error.reason, a.rejected.error.field)
-            for a, d in zip(arrivals, decided, strict=True)
-            if d and a.rejected is not None
-        )
-        frame = to_frame(transactions).with_columns(
-            *positions([a.message for a, _ in accepted]),
-            pl.Series(_DECIDE, [d for _, d in accepted], dtype=pl.Boolean),
-        )
-        frame = frame.sort("timestamp", maintain_order=True)
-        decisions = self._engine().process(frame, self.state.features, decide=_DECIDE)
-        decided_at = pl.lit(datetime.now(UTC)).dt.cast_time_unit("us").alias("decided_at")
-        return ScoredBatch(decisions.outcome.with_columns(decided_at), letters)
+        """Fold every decoded arrival into the state and score those `decided` marks."""
+        return score_arrivals(self._engine(), self.state.features, arrivals, decided)
 
     def _settle(self, stop: threading.Event) -> bool:
         """Wait for the batch in flight and commit it; False if it was abandoned. The group is
