@@ -1,12 +1,14 @@
 """The pipeline end to end on the embedded stack, beside the seed-style consumer and the broker.
 
     python bench/pipeline.py [--backlog 100000] [--workers 1] [--rate 2000] [--duration 60]
-                             [--parts throughput,seed,floor,latency]
+                             [--parts throughput,spark,seed,floor,latency]
 
-Three figures, one embedded stack, one JSON line:
+Four figures, one embedded stack, one JSON line:
 
 * throughput: `--backlog` transactions already in the topic, then `--workers` worker processes
   score and store all of them; tx/s = rows stored / time from the first to the last decision.
+* spark: the same backlog scored by the Spark runner (`bench/spark_runner.py`): its query run
+  to the end of the topic on local[*], tx/s over the query's run, the session's start-up apart.
 * the seed-style baseline on the same broker and database: one message, one `amount > 9000`
   check, one INSERT and one commit per message, over `--seed-messages` messages.
 * latency at a steady `--rate` for `--duration` seconds: event published → decided (the
@@ -51,7 +53,7 @@ from fraudstream.runners.local import WorkerProcesses
 from fraudstream.runners.serve import prepare_pipeline
 from fraudstream.stack import Endpoints, Stack
 
-PARTS = ("throughput", "seed", "floor", "latency")
+PARTS = ("throughput", "spark", "seed", "floor", "latency")
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,12 @@ def main() -> None:
                 result["throughput"] = throughput(
                     endpoints, data_dir, args.backlog, args.workers, tuning
                 )
+            if "spark" in parts:
+                from spark_runner import spark_throughput
+
+                result["spark"] = spark_throughput(
+                    endpoints, data_dir, args.backlog, tuning, pipeline_settings
+                )
             if "seed" in parts:
                 result["baseline_seed_style"] = seed_style(endpoints, args.seed_messages)
             if "floor" in parts:
@@ -329,6 +337,9 @@ def main() -> None:
         ours = result.get("throughput", {}).get("tx_per_s")
         if seed and ours:
             result["speedup_vs_seed"] = round(ours / seed, 1)
+        spark = result.get("spark", {}).get("tx_per_s")
+        if seed and spark:
+            result["spark_speedup_vs_seed"] = round(spark / seed, 1)
         floor = result.get("baseline_broker_floor", {}).get("p99_ms")
         ours_p99 = result.get("latency", {}).get("p99_ms")
         if floor is not None and ours_p99 is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,7 @@ OUTPUT_SCHEMA: dict[str, pl.DataType] = {
 the source position in `kafka_partition` / `kafka_offset` and the broker time in
 `ingested_at`)."""
 _MAX_BATCH = 5000
+_CONCAT_WARNING = "The behavior of DataFrame concatenation with empty or all-NA entries"
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +277,9 @@ def score_stream(topic: str, settings: Settings) -> ScoreFunction:
     a timeout changes the state's schema and keeps a run-to-the-end query from ending)."""
 
     def score(key: Any, frames: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
+        # PySpark's worker concatenates our frames, whose dead-letter columns are mostly null:
+        # pandas 2 warns about a future change that does not touch typed Arrow output.
+        warnings.filterwarnings("ignore", _CONCAT_WARNING, FutureWarning)
         config = FeatureConfig()
         fold = StreamFold.load(config, topic, state.get[0] if state.exists else None)
         for frame in frames:
