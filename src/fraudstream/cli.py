@@ -16,10 +16,12 @@ from rich.live import Live
 from rich.table import Table
 
 from fraudstream.cli_alerts import alerts_app
+from fraudstream.cli_capture import capture_app
 from fraudstream.cli_dashboard import dashboard
 from fraudstream.cli_history import history_app
 from fraudstream.cli_models import backtest, models_app, train
 from fraudstream.cli_report import report
+from fraudstream.cli_spark import spark
 from fraudstream.cli_support import console, engine_for, settings_or_exit
 from fraudstream.core.engine import Decisions, available_columns
 from fraudstream.core.errors import FraudstreamError
@@ -251,4 +253,6 @@ app.command()(report)
 app.add_typer(models_app, name="models")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(history_app, name="history")
+app.add_typer(capture_app, name="capture")
 app.command()(dashboard)
+app.command()(spark)

@@ -3,6 +3,8 @@ checkpoint that loses and duplicates nothing, dead letters, the project's Kafka 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from pyspark.sql import SparkSession
 from fraudstream.adapters.kafka import TransactionProducer
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import GeneratorConfig, generate
+from fraudstream.runners.local import worker_environment
 from fraudstream.runners.serve import prepare_pipeline
 from fraudstream.runners.spark_job import BatchSinks, spark_session, start_query
 from fraudstream.stack import Endpoints
@@ -151,3 +154,20 @@ def test_a_query_stopped_mid_stream_resumes_from_its_checkpoint(
     assert got.equals(expected), "the resumed query lost, repeated or changed decisions"
     with psycopg.connect(database) as connection:
         assert connection.execute(LETTERS).fetchall() == letters
+
+
+def test_the_spark_command_scores_the_backlog_and_exits_0(
+    scored_by_worker, database: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    pipeline, expected, _ = scored_by_worker
+    settings = _spark_settings(pipeline, database, tmp_path)
+    command = [sys.executable, "-m", "fraudstream", "spark", "--available-now"]
+    command += ["--master", "local[1]", "--max-offsets-per-trigger", "2000"]
+    result = subprocess.run(
+        command, env=worker_environment(settings), capture_output=True, timeout=300, check=False
+    )
+    log = result.stderr.decode(errors="replace")
+    assert result.returncode == 0, log[-4000:]
+    assert "Spark session up in" in log
+    assert f"{TRANSACTIONS} scored" in log
+    assert _decided(database).equals(expected)

