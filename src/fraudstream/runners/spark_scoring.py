@@ -124,11 +124,8 @@ class StreamFold:
         a partition's last folded offset (a source that read it twice) is skipped."""
         rows = rows.sort_values(["partition", "offset"], kind="stable")
         ends: dict[int, bool] = {}
-        for partition, offset, millis, value, at_end in zip(
-            rows["partition"], rows["offset"], rows["timestamp_ms"], rows["value"],
-            rows["end_of_log"], strict=True,
-        ):  # fmt: skip
-            p, o = int(partition), int(offset)
+        columns = ("partition", "offset", "timestamp_ms", "value", "end_of_log")
+        for p, o, millis, value, at_end in zip(*(rows[c].tolist() for c in columns), strict=True):
             if o < self.next_offsets.get(p, 0):
                 continue
             self.next_offsets[p] = o + 1
