@@ -202,30 +202,26 @@ def _held_arrivals(topic: str, arrays: dict[str, np.ndarray]) -> dict[int, list[
     ):  # fmt: skip
         raw = None if length < 0 else data[start : start + length]
         start += max(length, 0)
-        arrival = decode_arrival(LogRow(topic, p, offset, raw, millis), event_us, 0.0)
-        held.setdefault(p, []).append(
-            Arrival(arrival.message, arrival.transaction, arrival.rejected, event_us, 0.0)
-        )
+        # A decoded message takes its own event time again; a rejected one the saved one.
+        row = LogRow(topic, p, offset, raw, millis)
+        held.setdefault(p, []).append(decode_arrival(row, event_us, 0.0))
     return held
 
 
 def output_frame(batch: ScoredBatch) -> pd.DataFrame:
     """A scored batch as the rows `OUTPUT_SCHEMA` describes."""
     decisions = batch.frame.select(list(SCORED_SCHEMA)).with_columns(pl.lit(DECISION).alias("kind"))
-    letters = pl.DataFrame(
-        {
-            "kind": [DEAD_LETTER] * len(batch.dead_letters),
-            "kafka_partition": [d.partition for d in batch.dead_letters],
-            "kafka_offset": [d.offset for d in batch.dead_letters],
-            "ingested_at": [d.received_at for d in batch.dead_letters],
-            "dead_letter_raw": [d.raw for d in batch.dead_letters],
-            "dead_letter_error": [d.error for d in batch.dead_letters],
-            "dead_letter_field": [d.field for d in batch.dead_letters],
-        },
-        schema={k: OUTPUT_SCHEMA[k] for k in ("kind", "kafka_partition", "kafka_offset")}
-        | {"ingested_at": OUTPUT_SCHEMA["ingested_at"]}
-        | {k: OUTPUT_SCHEMA[k] for k in OUTPUT_SCHEMA if k.startswith("dead_letter")},
-    )
+    dead = batch.dead_letters
+    columns = {
+        "kind": [DEAD_LETTER] * len(dead),
+        "kafka_partition": [d.partition for d in dead],
+        "kafka_offset": [d.offset for d in dead],
+        "ingested_at": [d.received_at for d in dead],
+        "dead_letter_raw": [d.raw for d in dead],
+        "dead_letter_error": [d.error for d in dead],
+        "dead_letter_field": [d.field for d in dead],
+    }
+    letters = pl.DataFrame(columns, schema={name: OUTPUT_SCHEMA[name] for name in columns})
     both = pl.concat([decisions, letters], how="diagonal_relaxed")
     return both.select(list(OUTPUT_SCHEMA)).to_pandas(use_pyarrow_extension_array=False)
 
