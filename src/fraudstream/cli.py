@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fraudstream.cli_alerts import alerts_app
+from fraudstream.cli_api import api_app
 from fraudstream.cli_capture import capture_app
 from fraudstream.cli_dashboard import dashboard
 from fraudstream.cli_history import history_app
@@ -254,5 +255,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(history_app, name="history")
 app.add_typer(capture_app, name="capture")
+app.add_typer(api_app, name="api")
 app.command()(dashboard)
 app.command()(spark)

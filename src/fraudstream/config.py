@@ -225,6 +225,26 @@ class SparkSettings(BaseModel):
     """Any other Spark settings, passed through as they are."""
 
 
+class ApiSettings(BaseModel):
+    """The scoring API (`fraudstream api`, `runners/api_server.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    """0: any free port (the chosen one is logged)."""
+    max_batch: int = Field(default=256, ge=1, le=10_000)
+    """Most requests scored as one batch (requests queue while a batch is scored)."""
+    key_cache_s: float = Field(default=5.0, ge=0)
+    """How long a key lookup is trusted: a revoked key stops working within this time."""
+    default_rate_limit_per_s: float = Field(default=1000.0, gt=0)
+    """The rate limit of keys created without one."""
+    replay_memory: int = Field(default=100_000, ge=1)
+    """Answers kept in memory for replays; older ones are found in `transactions`."""
+    linger_ms: int = Field(default=1, ge=0, le=1000)
+    """The producer's wait before sending; each batch of requests is flushed at once anyway."""
+
+
 _SQL_NAME = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
 
 
@@ -304,6 +324,7 @@ class Settings(BaseSettings):
     history: HistorySettings = HistorySettings()
     spark: SparkSettings = SparkSettings()
     capture: CaptureSettings = CaptureSettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -113,6 +113,10 @@ class Decisions:
         return self._inputs.features.late
 
     @property
+    def transaction_ids(self) -> list[str]:
+        return self._inputs.batch.get_column("transaction_id").to_list()
+
+    @property
     def frame(self) -> pl.DataFrame:
         if self._frame is None:
             self._frame = self._inputs.frame().with_columns(self._decision_series())
@@ -171,6 +175,14 @@ class _Lists:
     def row(self, index: int) -> list[str]:
         start = int(self.counts[:index].sum())
         return self.values[start : start + int(self.counts[index])]
+
+    def rows(self) -> list[list[str]]:
+        """Every row's list, in row order."""
+        found, start = [], 0
+        for count in self.counts.tolist():
+            found.append(self.values[start : start + count])
+            start += count
+        return found
 
     def to_series(self, name: str) -> pl.Series:
         offsets = np.zeros(self.counts.shape[0] + 1, dtype=np.int32)

@@ -22,9 +22,12 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fraudstream.core.events import Rejected, Transaction
+
+if TYPE_CHECKING:
+    from fraudstream.core.decision_record import DecisionRecord
 
 NO_TIME = -(2**63)
 FOREVER = 2**63 - 1
@@ -51,6 +54,8 @@ class Arrival:
     """Event time in µs; dead letters carry the event time before them (they never wait)."""
     arrived_s: float = 0.0
     """When it was read (a monotonic clock), for the end-of-log grace."""
+    carried: DecisionRecord | None = None
+    """The scoring API's signed decision, when the API decided it (`decision_record.py`)."""
 
 
 @dataclass

@@ -21,6 +21,7 @@ from fraudstream.adapters.redis_state import CheckpointStore
 from fraudstream.adapters.rules_file import RulesFile
 from fraudstream.config import KafkaChannelSettings, Settings, SettingsError
 from fraudstream.core.alerting import AlertRoute, AlertRouting, Severity
+from fraudstream.core.decision_record import decision_key
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.features import FeatureConfig
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
@@ -126,6 +127,7 @@ def build_worker(
             settings.stack.data_dir / WORKERS_DIR / f"{name}.json", telemetry
         ),
         metrics=None if telemetry is None else telemetry.metrics,
+        decision_key=decision_key(model_signing_key(settings)),
     )
 
 

@@ -101,6 +101,7 @@ class Worker:
         end_grace_s: float = 0.2,
         on_assignment: Callable[[list[int]], None] | None = None,
         metrics: WorkerMetrics | None = None,
+        decision_key: bytes | None = None,
     ) -> None:
         self._group = group
         self._reader = reader
@@ -128,6 +129,8 @@ class Worker:
         """Partitions paused because their buffer is full."""
         self._joined = False
         self._restart_needed = True
+        self._decision_key = decision_key
+        """Verifies the decisions the scoring API sends along (`decision_record.py`)."""
 
     @property
     def assignment(self) -> set[int]:
@@ -297,7 +300,9 @@ class Worker:
                 self._held.discard(partition)
 
     def _arrival(self, key: tuple[str, int], message: Message) -> Arrival:
-        return decode_arrival(message, self._aligner.frontier(key), time.monotonic())
+        return decode_arrival(
+            message, self._aligner.frontier(key), time.monotonic(), self._decision_key
+        )
 
     # -- one batch -----------------------------------------------------------------------------
 

@@ -1,0 +1,371 @@
+"""The scoring API's HTTP surface (FastAPI): routes, keys and roles, errors, metrics, OpenAPI.
+
+Bodies are decoded by the core's own transaction decoder (msgspec), the one the stream uses, so
+the API accepts exactly what the stream accepts, and the OpenAPI document is generated from the
+same structs. Every client mistake is a 4xx with a `Problem` body naming the fields; only health
+and metrics are open without a key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Final, Protocol
+
+import msgspec
+import psycopg
+from fastapi import Depends, FastAPI, Header, Path, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from fraudstream import __version__
+from fraudstream.adapters.api_keys import ApiKey
+from fraudstream.core.decision_record import DecisionRecord
+from fraudstream.core.errors import InvalidTransaction
+from fraudstream.core.events import Transaction, decode_transaction
+from fraudstream.ports import SinkUnavailable
+from fraudstream.runners.api_auth import Authenticator, RateLimiter, allows
+from fraudstream.runners.api_scoring import NotReady, ReplayConflict, ScoringService
+
+log = logging.getLogger("fraudstream.api")
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """What every error answers: a code, a sentence, and the fields at fault."""
+
+    error: str
+    message: str
+    fields: list[FieldError] = msgspec.field(default_factory=list)
+
+
+class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    role: str
+    rate_limit_per_s: float
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    status: str
+    folded: int | None = None
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        fields: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = Problem(error=error, message=message, fields=fields or [])
+        self.headers = headers
+
+
+class Runtime(Protocol):
+    """What the routes need; `api_server.ApiRuntime` builds it from settings."""
+
+    service: ScoringService
+    auth: Authenticator
+    limiter: RateLimiter
+    registry: CollectorRegistry
+
+    def ready(self) -> bool: ...
+    def folded(self) -> int: ...
+    async def stored(self, transaction_id: str) -> DecisionRecord | None: ...
+    def observe(self, route: str, status: int, seconds: float) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+_JSON: Final = "application/json"
+_ENCODER: Final = msgspec.json.Encoder()
+_SCHEMAS: Final = msgspec.json.schema_components(
+    [Transaction, DecisionRecord, Problem, KeyInfo, Health],
+    ref_template="#/components/schemas/{name}",
+)[1]
+
+
+def _json(value: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_ENCODER.encode(value), status, headers, media_type=_JSON)
+
+
+def _content(name: str) -> dict[str, Any]:
+    return {"content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: "No API key, or an unknown or revoked one.",
+        403: "The key's role does not allow this.",
+        404: "Not found.",
+        422: "The request is invalid; `fields` names what is wrong.",
+        429: "The key's rate limit is reached; see Retry-After.",
+        503: "Not ready, or a server it needs is unreachable; retry later.",
+    }
+    return {s: {"description": described[s], **_content("Problem")} for s in statuses}
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require(permission: str) -> Callable[..., Awaitable[ApiKey]]:
+    """A dependency: the caller's key, when it exists, may `permission` and is within its
+    rate limit."""
+
+    async def dependency(
+        request: Request,
+        header_key: Annotated[str | None, Security(_api_key_header)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> ApiKey:
+        presented = header_key or (bearer.credentials if bearer else None)
+        if not presented:
+            raise ApiError(
+                401, "unauthenticated", "an API key is required (X-API-Key or Bearer)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        runtime: Runtime = request.app.state.runtime
+        try:
+            key = await runtime.auth.key(presented)
+        except psycopg.Error:
+            raise ApiError(503, "unavailable", "cannot check API keys now") from None
+        if key is None:
+            raise ApiError(
+                401, "unauthenticated", "unknown or revoked API key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        if not allows(key, permission):
+            raise ApiError(403, "forbidden", f"role {key.role} may not {permission}")
+        wait_s = runtime.limiter.wait_s(key.id, key.rate_limit_per_s)
+        if wait_s:
+            raise ApiError(
+                429, "rate_limited", f"over {key.rate_limit_per_s:g} requests/s for this key",
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            )  # fmt: skip
+        return key
+
+    return dependency
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="fraudstream",
+        version=__version__,
+        summary="Real-time payment fraud decisions, and the analyst's loop.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    _add_error_handlers(app)
+    _add_timing(app, runtime)
+    _add_health(app, runtime)
+    _add_scoring(app, runtime)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _add_health(app: FastAPI, runtime: Runtime) -> None:
+    @app.get("/health/live", tags=["health"], responses={200: _content("Health")})
+    async def live() -> Response:
+        """The process answers. Open without a key; also the benchmark's ceiling."""
+        return _json(Health(status="ok"))
+
+    @app.get(
+        "/health/ready",
+        tags=["health"],
+        responses={200: _content("Health"), 503: _content("Health")},
+    )
+    async def ready() -> Response:
+        """Ready once the stream's feature state is folded up to the end of the log."""
+        if runtime.ready():
+            return _json(Health(status="ready", folded=runtime.folded()))
+        return _json(Health(status="catching_up", folded=runtime.folded()), 503)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def metrics() -> Response:
+        """Prometheus metrics. Open without a key."""
+        return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_scoring(app: FastAPI, runtime: Runtime) -> None:
+    score_body = {"required": True, **_content("Transaction")}
+
+    @app.post(
+        "/v1/transactions/score",
+        tags=["scoring"],
+        openapi_extra={"requestBody": score_body},
+        responses={
+            200: {
+                "description": "The decision. A replay gets the first answer, with the"
+                " header Idempotent-Replayed: true.",
+                **_content("DecisionRecord"),
+            },
+            **_problems(401, 403, 422, 429, 503),
+        },
+    )
+    async def score(
+        request: Request,
+        _: Annotated[ApiKey, Depends(require("score"))],
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=1,
+                max_length=255,
+                description="Makes a retry return the first answer; else the transaction id does.",
+            ),
+        ] = None,
+    ) -> Response:
+        """Score one transaction against the stream's state, record it, return the decision."""
+        try:
+            transaction = decode_transaction(await request.body())
+        except InvalidTransaction as error:
+            raise ApiError(
+                422, "invalid_transaction", f"{error.field}: {error.reason}",
+                [FieldError(error.field, error.reason)],
+            ) from None  # fmt: skip
+        try:
+            answer = await runtime.service.score(transaction, idempotency_key)
+        except ReplayConflict as error:
+            field = "Idempotency-Key" if idempotency_key else "transaction_id"
+            raise ApiError(
+                422, "replay_conflict", str(error), [FieldError(field, str(error))]
+            ) from None
+        except NotReady as error:
+            raise ApiError(503, "not_ready", str(error), headers={"Retry-After": "1"}) from None
+        except SinkUnavailable as error:
+            raise ApiError(503, "unavailable", str(error), headers={"Retry-After": "1"}) from None
+        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+        return Response(answer.body, 200, headers, media_type=_JSON)
+
+    @app.get(
+        "/v1/transactions/{transaction_id}",
+        tags=["scoring"],
+        responses={200: _content("DecisionRecord"), **_problems(401, 403, 404, 422, 429, 503)},
+    )
+    async def stored(
+        _: Annotated[ApiKey, Depends(require("read"))],
+        transaction_id: Annotated[str, Path(min_length=1, max_length=128)],
+    ) -> Response:
+        """The decision stored for a transaction, whichever path it took."""
+        try:
+            record = await runtime.stored(transaction_id)
+        except SinkUnavailable as error:
+            raise ApiError(503, "unavailable", str(error)) from None
+        if record is None:
+            raise ApiError(404, "not_found", f"no stored decision for {transaction_id!r}")
+        return _json(record)
+
+    @app.get(
+        "/v1/keys/me",
+        tags=["keys"],
+        responses={200: _content("KeyInfo"), **_problems(401, 429, 503)},
+    )
+    async def me(key: Annotated[ApiKey, Depends(require_any)]) -> Response:
+        """The key this request was made with: its id, name, role and rate limit."""
+        return _json(KeyInfo(id=key.id, name=key.name, role=key.role,
+                             rate_limit_per_s=key.rate_limit_per_s))  # fmt: skip
+
+
+async def require_any(
+    request: Request,
+    header_key: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> ApiKey:
+    """Any valid key, whatever its role."""
+    for permission in ("score", "read"):
+        try:
+            return await require(permission)(request, header_key, bearer)
+        except ApiError as error:
+            if error.status != 403:
+                raise
+    raise ApiError(403, "forbidden", "this key has no role")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> Response:
+        return _json(error.problem, error.status, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> Response:
+        fields = [
+            FieldError(".".join(str(part) for part in e.get("loc", ())), str(e.get("msg", "")))
+            for e in error.errors()
+        ]
+        message = "; ".join(f"{f.field}: {f.message}" for f in fields) or "invalid request"
+        return _json(Problem(error="invalid_request", message=message, fields=fields), 422)
+
+
+def _add_timing(app: FastAPI, runtime: Runtime) -> None:
+    app.add_middleware(_Timing, runtime=runtime)  # type: ignore[arg-type]
+
+
+class _Timing:
+    """Every request's route, status and time, to `Runtime.observe` (a plain ASGI middleware:
+    Starlette's `BaseHTTPMiddleware` costs more than the trivial route it would time)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], runtime: Runtime) -> None:
+        self._app = app
+        self._runtime = runtime
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, sending)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self._runtime.observe(path, status, time.perf_counter() - started)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(_SCHEMAS)
+        app.openapi_schema = schema
+    return app.openapi_schema
