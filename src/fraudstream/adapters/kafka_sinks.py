@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import polars as pl
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from fraudstream.adapters.kafka import PRODUCER_DEFAULTS
 from fraudstream.ports import ScoredBatch, SinkUnavailable
@@ -50,6 +50,15 @@ def new_consumer(
         **extra,
     }
     return Consumer(config)
+
+
+def topic_partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
+    """The topic's partition numbers, in order; raises `KafkaException` when it is missing."""
+    metadata = consumer.list_topics(topic, timeout=timeout_s)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise KafkaException(found.error if found else f"topic {topic} not found")
+    return sorted(found.partitions)
 
 
 class _TopicSink:

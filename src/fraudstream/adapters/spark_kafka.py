@@ -44,6 +44,8 @@ from pyspark.sql.streaming.datasource import (
     SupportsTriggerAvailableNow,
 )
 
+from fraudstream.adapters.kafka_sinks import topic_partitions
+
 SOURCE_NAME = "fraudstream_kafka"
 SCHEMA = (
     "key binary, value binary, topic string, partition int, offset long, "
@@ -180,13 +182,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def _watermarks(self) -> dict[int, tuple[int, int]]:
         consumer = self._consumer()
-        metadata = consumer.list_topics(self._topic, timeout=_TIMEOUT_S)
-        topic = metadata.topics.get(self._topic)
-        if topic is None or topic.error is not None:
-            raise KafkaException(topic.error if topic else f"topic {self._topic} not found")
         return {
             p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=_TIMEOUT_S)
-            for p in sorted(topic.partitions)
+            for p in topic_partitions(consumer, self._topic, _TIMEOUT_S)
         }
 
     def _true_ends(self) -> dict[int, int]:

@@ -54,20 +54,24 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 RECORD_FIELDS: Final = DecisionRecord.__struct_fields__
-_CARRIED_SCHEMA: Final = {
-    "transaction_id": pl.String(),
-    "action": pl.String(),
+DECISION_TYPES: Final[dict[str, pl.DataType]] = {
+    "is_late": pl.Boolean(),
     "score": pl.Float64(),
     "rule_score": pl.Float64(),
     "model_score": pl.Float64(),
+    "action": pl.String(),
     "is_flagged": pl.Boolean(),
-    "is_late": pl.Boolean(),
     "rules_fired": pl.List(pl.String()),
     "reasons": pl.List(pl.String()),
     "ruleset_version": pl.String(),
     "model_version": pl.String(),
     "shadow_score": pl.Float64(),
     "shadow_model_version": pl.String(),
+}
+"""The decision columns a scored batch adds to its transactions, with their Polars types."""
+_CARRIED_SCHEMA: Final = {
+    "transaction_id": pl.String(),
+    **DECISION_TYPES,
     "decided_at": pl.Datetime("us", "UTC"),
 }
 _ENCODER: Final = msgspec.json.Encoder()

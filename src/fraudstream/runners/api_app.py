@@ -124,9 +124,9 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require(permission: str) -> Callable[..., Awaitable[ApiKey]]:
-    """A dependency: the caller's key, when it exists, may `permission` and is within its
-    rate limit."""
+def require(permission: str | None) -> Callable[..., Awaitable[ApiKey]]:
+    """A dependency: the caller's key, when it exists, may `permission` (None: whatever its
+    role) and is within its rate limit."""
 
     async def dependency(
         request: Request,
@@ -149,7 +149,7 @@ def require(permission: str) -> Callable[..., Awaitable[ApiKey]]:
                 401, "unauthenticated", "unknown or revoked API key",
                 headers={"WWW-Authenticate": "Bearer"},
             )  # fmt: skip
-        if not allows(key, permission):
+        if permission is not None and not allows(key, permission):
             raise ApiError(403, "forbidden", f"role {key.role} may not {permission}")
         wait_s = runtime.limiter.wait_s(key.id, key.rate_limit_per_s)
         if wait_s:
@@ -287,25 +287,10 @@ def _add_scoring(app: FastAPI, runtime: Runtime) -> None:
         tags=["keys"],
         responses={200: _content("KeyInfo"), **_problems(401, 429, 503)},
     )
-    async def me(key: Annotated[ApiKey, Depends(require_any)]) -> Response:
+    async def me(key: Annotated[ApiKey, Depends(require(None))]) -> Response:
         """The key this request was made with: its id, name, role and rate limit."""
         return _json(KeyInfo(id=key.id, name=key.name, role=key.role,
                              rate_limit_per_s=key.rate_limit_per_s))  # fmt: skip
-
-
-async def require_any(
-    request: Request,
-    header_key: Annotated[str | None, Security(_api_key_header)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> ApiKey:
-    """Any valid key, whatever its role."""
-    for permission in ("score", "read"):
-        try:
-            return await require(permission)(request, header_key, bearer)
-        except ApiError as error:
-            if error.status != 403:
-                raise
-    raise ApiError(403, "forbidden", "this key has no role")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

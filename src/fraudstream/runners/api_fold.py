@@ -20,8 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from fraudstream.adapters.kafka_sinks import topic_partitions
 from fraudstream.core.decision_record import ORIGIN_HEADER, REQUEST_HEADER, DecisionRecord
 from fraudstream.core.events import to_frame
 from fraudstream.runners.alignment import Arrival, EventTimeAligner
@@ -105,11 +106,7 @@ class StreamFollower:
 
     def _assign(self) -> None:
         self.state.restart({})  # the newest checkpoint any worker stored, if there is one
-        metadata = self._reader.list_topics(self._topic, timeout=_METADATA_TIMEOUT_S)
-        topic = metadata.topics.get(self._topic)
-        if topic is None or topic.error is not None:
-            raise KafkaException(topic.error if topic else f"topic {self._topic} not found")
-        partitions = sorted(topic.partitions)
+        partitions = topic_partitions(self._reader, self._topic, _METADATA_TIMEOUT_S)
         self._unread = set(partitions)
         self._aligner.assign([(self._topic, p) for p in partitions])
         self._reader.assign(

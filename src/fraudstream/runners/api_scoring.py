@@ -3,9 +3,10 @@
 Requests queue up while a batch is scored; the batch task takes everything queued as the next
 batch, so at one request at a time a batch is one transaction and under load the engine's fixed
 cost per batch is shared. It all runs on the server's event loop: the database is asked with
-psycopg's async connection, and the broker's confirmations are awaited in a pool thread that
-blocks in librdkafka. (A scoring thread of its own was tried first: it and the event loop
-handed the GIL to each other at every step, and a batch spent most of its time waiting for it.)
+psycopg's async connection, and the broker's confirmations come from a delivery thread that
+blocks in librdkafka (`api_publish.py`), so the next batch is scored meanwhile. (A scoring
+thread of its own was tried first: it and the event loop handed the GIL to each other at every
+step, and a batch spent most of its time waiting for it.)
 For each batch, in this order:
 
 1. Replays are answered with the first answer: from the replay memory (recent answers by replay
@@ -92,15 +93,17 @@ class ReplayMemory:
                 self._entries.popitem(last=False)
 
     def answered(self, request: _Request, body: bytes) -> None:
-        """Remember an answer under the request's key and its transaction id."""
-        self.put(request.key, request.digest, body)
-        self.put(id_key(request.transaction.transaction_id), request.digest, body)
+        """An answer given here."""
+        self._keep(request.key, request.digest, request.transaction.transaction_id, body)
 
     def remember(self, key: str, digest: bytes, record: DecisionRecord) -> None:
         """Another API process's answer, heard from the topic."""
-        body = encode(record)
+        self._keep(key, digest, record.transaction_id, encode(record))
+
+    def _keep(self, key: str, digest: bytes, transaction_id: str, body: bytes) -> None:
+        """Under the request's replay key and under its transaction id."""
         self.put(key, digest, body)
-        self.put(id_key(record.transaction_id), digest, body)
+        self.put(id_key(transaction_id), digest, body)
 
     def __len__(self) -> int:
         return len(self._entries)

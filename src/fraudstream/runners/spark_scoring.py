@@ -35,6 +35,7 @@ import pandas as pd
 import polars as pl
 
 from fraudstream.config import Settings
+from fraudstream.core.decision_record import DECISION_TYPES
 from fraudstream.core.engine import Engine
 from fraudstream.core.events import TRANSACTION_SCHEMA
 from fraudstream.core.features import FeatureConfig, FeatureState
@@ -48,24 +49,10 @@ STATE_SCHEMA = "fold binary"
 INPUT_COLUMNS = ("fold", "partition", "offset", "timestamp_ms", "value", "end_of_log")
 """What the scoring step reads from the source frame (`spark_job.source_frame` selects it)."""
 DECISION, DEAD_LETTER = "decision", "dead_letter"
-_DECISION_TYPES: dict[str, pl.DataType] = {
-    "is_late": pl.Boolean(),
-    "score": pl.Float64(),
-    "rule_score": pl.Float64(),
-    "model_score": pl.Float64(),
-    "action": pl.String(),
-    "is_flagged": pl.Boolean(),
-    "rules_fired": pl.List(pl.String()),
-    "reasons": pl.List(pl.String()),
-    "ruleset_version": pl.String(),
-    "model_version": pl.String(),
-    "shadow_score": pl.Float64(),
-    "shadow_model_version": pl.String(),
-}
 SCORED_SCHEMA: dict[str, pl.DataType] = {
     **TRANSACTION_SCHEMA,
     **{k: v for k, v in POSITION_COLUMNS.items() if k != "decided_at"},
-    **_DECISION_TYPES,
+    **DECISION_TYPES,
     "decided_at": POSITION_COLUMNS["decided_at"],
 }
 """A scored transaction's columns as the worker hands them to the sinks (`ScoredBatch.frame`)."""

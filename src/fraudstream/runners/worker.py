@@ -40,6 +40,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from fraudstream.adapters.kafka_sinks import topic_partitions
 from fraudstream.core.engine import Engine
 from fraudstream.ports import ScoredBatch, Sink
 from fraudstream.runners.alignment import Arrival, EventTimeAligner
@@ -237,7 +238,9 @@ class Worker:
         partition on from where the state stops."""
         self._restart_needed = False
         self.totals.restarts += 1
-        self._partitions |= set(self._topic_partitions()) | set(self._floors)
+        self._partitions |= set(
+            topic_partitions(self._reader, self._topic, _METADATA_TIMEOUT_S)
+        ) | set(self._floors)
         self.state.restart(self._floors)
         self._aligner = self._new_aligner()
         self._aligner.assign([(self._topic, p) for p in self._partitions])
@@ -259,13 +262,6 @@ class Worker:
         # Memory is bounded by pausing full partitions (`_hold_full_partitions`), not by
         # releasing out of order.
         return EventTimeAligner(max_buffered=1 << 62, end_grace_s=self._end_grace_s)
-
-    def _topic_partitions(self) -> list[int]:
-        metadata = self._reader.list_topics(self._topic, timeout=_METADATA_TIMEOUT_S)
-        topic = metadata.topics.get(self._topic)
-        if topic is None or topic.error is not None:
-            raise KafkaException(topic.error if topic else f"topic {self._topic} not found")
-        return list(topic.partitions)
 
     def _read(self, wait_s: float) -> None:
         """Decode what arrived (waiting up to `wait_s` for a full batch) into the aligner's
