@@ -20,6 +20,7 @@ from fraudstream.cli_api import api_app
 from fraudstream.cli_capture import capture_app
 from fraudstream.cli_dashboard import dashboard
 from fraudstream.cli_history import history_app
+from fraudstream.cli_lists import lists_app
 from fraudstream.cli_models import backtest, models_app, train
 from fraudstream.cli_report import report
 from fraudstream.cli_spark import spark
@@ -256,5 +257,6 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(history_app, name="history")
 app.add_typer(capture_app, name="capture")
 app.add_typer(api_app, name="api")
+app.add_typer(lists_app, name="lists")
 app.command()(dashboard)
 app.command()(spark)

@@ -225,6 +225,16 @@ class SparkSettings(BaseModel):
     """Any other Spark settings, passed through as they are."""
 
 
+class ListSettings(BaseModel):
+    """How runners keep their allow and deny lists current (`runners/list_watcher.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    """How often a worker or the API asks whether the lists changed (one single-row query);
+    a change is applied within this time."""
+
+
 class ApiSettings(BaseModel):
     """The scoring API (`fraudstream api`, `runners/api_server.py`)."""
 
@@ -320,6 +330,7 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     worker: WorkerSettings = WorkerSettings()
     models: ModelSettings = ModelSettings()
+    lists: ListSettings = ListSettings()
     alerts: AlertSettings = AlertSettings()
     history: HistorySettings = HistorySettings()
     spark: SparkSettings = SparkSettings()

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from api_helpers import Api, running_api
 from psycopg import sql
 
 from fraudstream.config import load_settings
@@ -43,3 +44,10 @@ def database(endpoints: Endpoints) -> Iterator[str]:
     yield url_for(endpoints.postgres_url, name)
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def api(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The scoring API and a worker, shared by the API's test modules (once per test process)."""
+    with running_api(endpoints, tmp_path_factory.mktemp("api")) as running:
+        yield running

@@ -30,6 +30,7 @@ from fraudstream.core.errors import ConfigError
 from fraudstream.core.events import TRANSACTION_SCHEMA, Transaction, to_frame
 from fraudstream.core.features import FeatureConfig, FeatureState
 from fraudstream.core.features.state import FeatureColumns
+from fraudstream.core.lists import LIST_FEATURES, ListSnapshot
 from fraudstream.core.rules.ruleset import CompiledRuleset, engine_columns
 from fraudstream.core.scoring import ModelScorer
 from fraudstream.core.text import equals_text
@@ -52,7 +53,11 @@ DECISION_COLUMNS = (
 LATE_REASON = "late_event: arrived after the allowed lateness; stateful features are null"
 CARD_PRESENT = "card_present"
 _ACTION_NAMES = np.array(ACTIONS)
-_COLUMN_TYPES: dict[str, pl.DataType] = {**TRANSACTION_SCHEMA, CARD_PRESENT: pl.Boolean()}
+_COLUMN_TYPES: dict[str, pl.DataType] = {
+    **TRANSACTION_SCHEMA,
+    CARD_PRESENT: pl.Boolean(),
+    **dict.fromkeys(LIST_FEATURES, pl.Boolean()),
+}
 _NUMBER_COLUMNS = frozenset(
     c for c, t in _COLUMN_TYPES.items() if t.is_numeric() or t == pl.Boolean
 )
@@ -200,9 +205,10 @@ class _BatchInputs:
     columns is built only for rules outside the compiled subset, a model, or `Decisions.frame`.
     """
 
-    def __init__(self, batch: pl.DataFrame, features: FeatureColumns) -> None:
+    def __init__(self, batch: pl.DataFrame, features: FeatureColumns, lists: ListSnapshot) -> None:
         self.batch = batch
         self.features = features
+        self.lists = lists
         self._numbers: dict[str, npt.NDArray[np.float64]] = {}
         self._frame: pl.DataFrame | None = None
 
@@ -218,6 +224,9 @@ class _BatchInputs:
             if column == CARD_PRESENT:
                 hit, known = self.equals("channel", "card_present")
                 cached = np.where(known, hit.astype(np.float64), np.nan)
+            elif column in LIST_FEATURES:
+                event_us = self.batch.get_column("timestamp").dt.epoch("us").to_numpy()
+                cached = self.lists.membership(column, self.batch, event_us).astype(np.float64)
             else:  # a Float64 column's nulls come out as NaN
                 cached = self.batch.get_column(column).cast(pl.Float64).to_numpy()
             self._numbers[column] = cached
@@ -230,13 +239,14 @@ class _BatchInputs:
         if self._frame is None:
             card_present = pa.array(self.number(CARD_PRESENT), from_pandas=True).cast(pa.bool_())
             columns = pl.concat([self.batch, self.features.to_frame()], how="horizontal")
-            self._frame = columns.with_columns(pl.Series(CARD_PRESENT, card_present))
+            on_lists = [pl.Series(f, self.number(f).astype(np.bool_)) for f in LIST_FEATURES]
+            self._frame = columns.with_columns(pl.Series(CARD_PRESENT, card_present), *on_lists)
         return self._frame
 
     def values_at(self, column: str, rows: npt.NDArray[np.intp]) -> list[str]:
         """A column's values at `rows`, as reasons show them."""
         dtype = _COLUMN_TYPES.get(column) or self.features.dtypes.get(column) or pl.Float64()
-        if column in self.features.index or column == CARD_PRESENT or dtype.is_float():
+        if column in self.features.index or dtype.is_float() or dtype == pl.Boolean:
             show = (
                 _show_flag if dtype == pl.Boolean else _show_count if dtype.is_integer() else repr
             )
@@ -250,16 +260,19 @@ _WARM_UP_TIME = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def available_columns(config: FeatureConfig) -> dict[str, pl.DataType]:
-    """Every column a rule may name: transaction fields, `card_present` and all features."""
-    return engine_columns(config.names, config.boolean_features, config.count_features)
+    """Every column a rule may name: transaction fields, `card_present`, all features, and
+    the list features (`card_on_deny_list`, ...)."""
+    columns = engine_columns(config.names, config.boolean_features, config.count_features)
+    return {**columns, **dict.fromkeys(LIST_FEATURES, pl.Boolean())}
 
 
 class Engine:
     """Scores batches with a ruleset, an optional model and decision thresholds.
 
     The engine holds no per-entity state (that is the `FeatureState` passed to `process`) and
-    reads no clock; ruleset and models can be swapped between batches. The `shadow` model is
-    scored beside the live one and stored, but never moves a decision.
+    reads no clock; ruleset, models and `lists` (the allow and deny lists in force) can be
+    swapped between batches. The `shadow` model is scored beside the live one and stored, but
+    never moves a decision.
     """
 
     def __init__(
@@ -268,8 +281,10 @@ class Engine:
         decision: DecisionConfig | None = None,
         model: ModelScorer | None = None,
         shadow: ModelScorer | None = None,
+        lists: ListSnapshot | None = None,
     ) -> None:
         self.decision = decision or DecisionConfig()
+        self.lists = lists or ListSnapshot()
         self.ruleset = ruleset
         self.model = model
         self.shadow = shadow
@@ -328,7 +343,7 @@ class Engine:
             mask = batch.get_column(decide).to_numpy()
             features = features.select(np.flatnonzero(mask))
             batch = batch.filter(pl.col(decide)).drop(decide)
-        inputs = _BatchInputs(batch, features)
+        inputs = _BatchInputs(batch, features, self.lists)
         hit_matrix, _ = self._ruleset.evaluate_batch(inputs)
         by_rules = rule_scores(hit_matrix, self._weights)
         model_score, drivers = self._model_scores(self._model, inputs, explain=True)

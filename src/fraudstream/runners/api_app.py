@@ -9,44 +9,42 @@ and metrics are open without a key.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Final, Protocol
 
 import msgspec
-import psycopg
-from fastapi import Depends, FastAPI, Header, Path, Request, Security
+from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from fraudstream import __version__
 from fraudstream.adapters.api_keys import ApiKey
+from fraudstream.adapters.lists import ListStore
 from fraudstream.core.decision_record import DecisionRecord
 from fraudstream.core.errors import InvalidTransaction
 from fraudstream.core.events import Transaction, decode_transaction
 from fraudstream.ports import SinkUnavailable
-from fraudstream.runners.api_auth import Authenticator, RateLimiter, allows
+from fraudstream.runners.api_auth import Authenticator, RateLimiter
+from fraudstream.runners.api_http import (
+    JSON,
+    ApiError,
+    FieldError,
+    Problem,
+    content,
+    json_response,
+    problems,
+    require,
+)
+from fraudstream.runners.api_lists import add_list_routes
 from fraudstream.runners.api_scoring import NotReady, ReplayConflict, ScoringService
 
 log = logging.getLogger("fraudstream.api")
-
-
-class FieldError(msgspec.Struct, frozen=True):
-    field: str
-    message: str
-
-
-class Problem(msgspec.Struct, frozen=True, kw_only=True):
-    """What every error answers: a code, a sentence, and the fields at fault."""
-
-    error: str
-    message: str
-    fields: list[FieldError] = msgspec.field(default_factory=list)
 
 
 class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,21 +59,6 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     folded: int | None = None
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        message: str,
-        fields: list[FieldError] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.problem = Problem(error=error, message=message, fields=fields or [])
-        self.headers = headers
-
-
 class Runtime(Protocol):
     """What the routes need; `api_server.ApiRuntime` builds it from settings."""
 
@@ -83,6 +66,7 @@ class Runtime(Protocol):
     auth: Authenticator
     limiter: RateLimiter
     registry: CollectorRegistry
+    lists: ListStore
 
     def ready(self) -> bool: ...
     def folded(self) -> int: ...
@@ -92,74 +76,10 @@ class Runtime(Protocol):
     async def stop(self) -> None: ...
 
 
-_JSON: Final = "application/json"
-_ENCODER: Final = msgspec.json.Encoder()
 _SCHEMAS: Final = msgspec.json.schema_components(
     [Transaction, DecisionRecord, Problem, KeyInfo, Health],
     ref_template="#/components/schemas/{name}",
 )[1]
-
-
-def _json(value: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_ENCODER.encode(value), status, headers, media_type=_JSON)
-
-
-def _content(name: str) -> dict[str, Any]:
-    return {"content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        401: "No API key, or an unknown or revoked one.",
-        403: "The key's role does not allow this.",
-        404: "Not found.",
-        422: "The request is invalid; `fields` names what is wrong.",
-        429: "The key's rate limit is reached; see Retry-After.",
-        503: "Not ready, or a server it needs is unreachable; retry later.",
-    }
-    return {s: {"description": described[s], **_content("Problem")} for s in statuses}
-
-
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-_bearer = HTTPBearer(auto_error=False)
-
-
-def require(permission: str | None) -> Callable[..., Awaitable[ApiKey]]:
-    """A dependency: the caller's key, when it exists, may `permission` (None: whatever its
-    role) and is within its rate limit."""
-
-    async def dependency(
-        request: Request,
-        header_key: Annotated[str | None, Security(_api_key_header)],
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    ) -> ApiKey:
-        presented = header_key or (bearer.credentials if bearer else None)
-        if not presented:
-            raise ApiError(
-                401, "unauthenticated", "an API key is required (X-API-Key or Bearer)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
-        runtime: Runtime = request.app.state.runtime
-        try:
-            key = await runtime.auth.key(presented)
-        except psycopg.Error:
-            raise ApiError(503, "unavailable", "cannot check API keys now") from None
-        if key is None:
-            raise ApiError(
-                401, "unauthenticated", "unknown or revoked API key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
-        if permission is not None and not allows(key, permission):
-            raise ApiError(403, "forbidden", f"role {key.role} may not {permission}")
-        wait_s = runtime.limiter.wait_s(key.id, key.rate_limit_per_s)
-        if wait_s:
-            raise ApiError(
-                429, "rate_limited", f"over {key.rate_limit_per_s:g} requests/s for this key",
-                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
-            )  # fmt: skip
-        return key
-
-    return dependency
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -182,26 +102,27 @@ def create_app(runtime: Runtime) -> FastAPI:
     _add_timing(app, runtime)
     _add_health(app, runtime)
     _add_scoring(app, runtime)
+    add_list_routes(app, runtime.lists)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
 def _add_health(app: FastAPI, runtime: Runtime) -> None:
-    @app.get("/health/live", tags=["health"], responses={200: _content("Health")})
+    @app.get("/health/live", tags=["health"], responses={200: content("Health")})
     async def live() -> Response:
         """The process answers. Open without a key; also the benchmark's ceiling."""
-        return _json(Health(status="ok"))
+        return json_response(Health(status="ok"))
 
     @app.get(
         "/health/ready",
         tags=["health"],
-        responses={200: _content("Health"), 503: _content("Health")},
+        responses={200: content("Health"), 503: content("Health")},
     )
     async def ready() -> Response:
         """Ready once the stream's feature state is folded up to the end of the log."""
         if runtime.ready():
-            return _json(Health(status="ready", folded=runtime.folded()))
-        return _json(Health(status="catching_up", folded=runtime.folded()), 503)
+            return json_response(Health(status="ready", folded=runtime.folded()))
+        return json_response(Health(status="catching_up", folded=runtime.folded()), 503)
 
     @app.get(
         "/metrics",
@@ -214,7 +135,7 @@ def _add_health(app: FastAPI, runtime: Runtime) -> None:
 
 
 def _add_scoring(app: FastAPI, runtime: Runtime) -> None:
-    score_body = {"required": True, **_content("Transaction")}
+    score_body = {"required": True, **content("Transaction")}
 
     @app.post(
         "/v1/transactions/score",
@@ -224,9 +145,9 @@ def _add_scoring(app: FastAPI, runtime: Runtime) -> None:
             200: {
                 "description": "The decision. A replay gets the first answer, with the"
                 " header Idempotent-Replayed: true.",
-                **_content("DecisionRecord"),
+                **content("DecisionRecord"),
             },
-            **_problems(401, 403, 422, 429, 503),
+            **problems(401, 403, 422, 429, 503),
         },
     )
     async def score(
@@ -262,12 +183,12 @@ def _add_scoring(app: FastAPI, runtime: Runtime) -> None:
         except SinkUnavailable as error:
             raise ApiError(503, "unavailable", str(error), headers={"Retry-After": "1"}) from None
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
-        return Response(answer.body, 200, headers, media_type=_JSON)
+        return Response(answer.body, 200, headers, media_type=JSON)
 
     @app.get(
         "/v1/transactions/{transaction_id}",
         tags=["scoring"],
-        responses={200: _content("DecisionRecord"), **_problems(401, 403, 404, 422, 429, 503)},
+        responses={200: content("DecisionRecord"), **problems(401, 403, 404, 422, 429, 503)},
     )
     async def stored(
         _: Annotated[ApiKey, Depends(require("read"))],
@@ -280,23 +201,39 @@ def _add_scoring(app: FastAPI, runtime: Runtime) -> None:
             raise ApiError(503, "unavailable", str(error)) from None
         if record is None:
             raise ApiError(404, "not_found", f"no stored decision for {transaction_id!r}")
-        return _json(record)
+        return json_response(record)
 
     @app.get(
         "/v1/keys/me",
         tags=["keys"],
-        responses={200: _content("KeyInfo"), **_problems(401, 429, 503)},
+        responses={200: content("KeyInfo"), **problems(401, 429, 503)},
     )
     async def me(key: Annotated[ApiKey, Depends(require(None))]) -> Response:
         """The key this request was made with: its id, name, role and rate limit."""
-        return _json(KeyInfo(id=key.id, name=key.name, role=key.role,
+        return json_response(KeyInfo(id=key.id, name=key.name, role=key.role,
                              rate_limit_per_s=key.rate_limit_per_s))  # fmt: skip
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> Response:
-        return _json(error.problem, error.status, error.headers)
+        return json_response(error.problem, error.status, error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        """Starlette's own refusals as `Problem` bodies: a body that is not JSON is a 422 like
+        any invalid body, and a 405 names every method of the path in `Allow` (Starlette
+        names only those of the first route that matched the path)."""
+        if error.status_code == 400:
+            fields = [FieldError("body", str(error.detail))]
+            return json_response(Problem(error="invalid_request", message=str(error.detail),
+                                         fields=fields), 422)  # fmt: skip
+        if error.status_code == 405:
+            allowed = _methods_of(request)
+            problem = Problem(error="method_not_allowed", message=f"allowed: {allowed}")
+            return json_response(problem, 405, {"Allow": allowed})
+        problem = Problem(error=f"http_{error.status_code}", message=str(error.detail))
+        return json_response(problem, error.status_code, getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> Response:
@@ -305,7 +242,20 @@ def _add_error_handlers(app: FastAPI) -> None:
             for e in error.errors()
         ]
         message = "; ".join(f"{f.field}: {f.message}" for f in fields) or "invalid request"
-        return _json(Problem(error="invalid_request", message=message, fields=fields), 422)
+        return json_response(Problem(error="invalid_request", message=message, fields=fields), 422)
+
+
+def _methods_of(request: Request) -> str:
+    """Every method of the path the request matched first, as the OpenAPI document lists it
+    (a literal path such as `/v1/transactions/score` also fits the template after it)."""
+    routes = request.app.router.routes
+    first = next((r for r in routes if r.matches(request.scope)[0] != Match.NONE), None)
+    template = getattr(first, "path_format", None)
+    methods: set[str] = set()
+    for route in routes:
+        if template is not None and getattr(route, "path_format", None) == template:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def _add_timing(app: FastAPI, runtime: Runtime) -> None:

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from fraudstream.adapters.api_keys import KeyStore
 from fraudstream.adapters.kafka import PRODUCER_DEFAULTS
 from fraudstream.adapters.kafka_sinks import new_consumer
+from fraudstream.adapters.lists import ListStore
 from fraudstream.adapters.stored_decisions import StoredDecisions
 from fraudstream.config import Settings
 from fraudstream.core.decision_record import DecisionRecord, decision_key
@@ -72,6 +73,7 @@ class ApiRuntime:
             end_grace_s=settings.worker.end_grace_ms / 1000,
         )
         self._stored = StoredDecisions(url)
+        self.lists = ListStore(url)
         self.registry = CollectorRegistry()
         batch_sizes = Histogram(
             "fraudstream_api_score_batch_size", "Requests scored as one batch",

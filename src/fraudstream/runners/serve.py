@@ -14,6 +14,7 @@ from pathlib import Path
 from fraudstream.adapters.delta import DeltaHistorySink
 from fraudstream.adapters.kafka import ensure_topics
 from fraudstream.adapters.kafka_sinks import DeadLetterTopicSink, DecisionsTopicSink, new_consumer
+from fraudstream.adapters.lists import ListReader
 from fraudstream.adapters.model_registry import ModelRegistry
 from fraudstream.adapters.postgres import PostgresSink
 from fraudstream.adapters.postgres_schema import migrate
@@ -28,6 +29,7 @@ from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, p
 from fraudstream.ml.inputs import model_inputs
 from fraudstream.ml.signing import signing_key
 from fraudstream.ports import Sink
+from fraudstream.runners.list_watcher import ListWatcher
 from fraudstream.runners.models import ModelWatcher
 from fraudstream.runners.stream_state import StreamState
 from fraudstream.runners.worker import Worker, WorkerTotals
@@ -53,7 +55,8 @@ def prepare_pipeline(settings: Settings) -> None:
 
 def engine_source(settings: Settings, config: FeatureConfig) -> Callable[[], Engine]:
     """The current engine: its ruleset reloaded from `worker.rules_file` when that changes,
-    its live and shadow models from the `models` table when those change."""
+    its live and shadow models from the `models` table, and its allow and deny lists from
+    `list_entries`, when those change."""
     columns = available_columns(config)
     path = settings.worker.rules_file
     rules = None if path is None else RulesFile(path, columns)
@@ -64,6 +67,7 @@ def engine_source(settings: Settings, config: FeatureConfig) -> Callable[[], Eng
     )
     engine = Engine(ruleset)
     models = model_watcher(settings, config)
+    lists = ListWatcher(ListReader(_postgres_url(settings)), settings.lists.poll_interval_s)
 
     def current() -> Engine:
         if rules is not None:
@@ -74,6 +78,7 @@ def engine_source(settings: Settings, config: FeatureConfig) -> Callable[[], Eng
             elif result.failed:
                 log.error("ruleset change rejected, keeping %s: %s", result.version, result.error)
         models.poll(engine)
+        lists.poll(engine)
         return engine
 
     return current
