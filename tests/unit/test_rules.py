@@ -11,6 +11,7 @@ import pytest
 from fraudstream.core.errors import RuleError
 from fraudstream.core.events import TRANSACTION_SCHEMA
 from fraudstream.core.features.config import FeatureConfig
+from fraudstream.core.lists import LIST_FEATURES
 from fraudstream.core.rules import (
     FIRED_COLUMN,
     CompiledRuleset,
@@ -71,7 +72,9 @@ def test_engine_columns_types() -> None:
     assert COLUMNS["distinct_cards_by_merchant_10m"] == pl.Int64
     assert COLUMNS["is_new_country_for_card"] == pl.Boolean
     assert COLUMNS["amount_zscore_by_card"] == pl.Float64
-    assert set(TRANSACTION_SCHEMA) | set(CONFIG.names) | {"card_present"} == set(COLUMNS)
+    assert COLUMNS["card_on_deny_list"] == pl.Boolean
+    everything = set(TRANSACTION_SCHEMA) | set(CONFIG.names) | {"card_present"}
+    assert everything | set(LIST_FEATURES) == set(COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +428,8 @@ def test_default_ruleset_loads_and_compiles() -> None:
     assert compiled.columns_used <= set(COLUMNS)
 
 
+_DENY_FEATURES = ("card_on_deny_list", "customer_on_deny_list", "device_on_deny_list",
+                  "ip_on_deny_list")  # fmt: skip
 DEFAULT_CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("large_amount", {"amount": 9500.0}, True),
     ("large_amount", {"amount": 9000.0}, False),
@@ -509,6 +514,10 @@ DEFAULT_CASES: list[tuple[str, dict[str, Any], bool]] = [
     ),
     ("rapid_repeat_high_amount", {"seconds_since_prev_by_card": 10.0, "amount": 1500.0}, True),
     ("rapid_repeat_high_amount", {"seconds_since_prev_by_card": 60.0, "amount": 1500.0}, False),
+    ("deny_listed", {"card_on_deny_list": True}, True),
+    ("deny_listed", {"card_on_deny_list": False, "ip_on_deny_list": True}, True),
+    ("deny_listed", dict.fromkeys(_DENY_FEATURES, False), False),
+    ("deny_listed", {"card_on_allow_list": True, "merchant_on_deny_list": True}, False),
 ]
 
 

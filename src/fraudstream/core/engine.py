@@ -225,8 +225,7 @@ class _BatchInputs:
                 hit, known = self.equals("channel", "card_present")
                 cached = np.where(known, hit.astype(np.float64), np.nan)
             elif column in LIST_FEATURES:
-                event_us = self.batch.get_column("timestamp").dt.epoch("us").to_numpy()
-                cached = self.lists.membership(column, self.batch, event_us).astype(np.float64)
+                cached = self.lists.membership(column, self.batch).astype(np.float64)
             else:  # a Float64 column's nulls come out as NaN
                 cached = self.batch.get_column(column).cast(pl.Float64).to_numpy()
             self._numbers[column] = cached
@@ -262,8 +261,7 @@ _WARM_UP_TIME = datetime(2020, 1, 1, tzinfo=UTC)
 def available_columns(config: FeatureConfig) -> dict[str, pl.DataType]:
     """Every column a rule may name: transaction fields, `card_present`, all features, and
     the list features (`card_on_deny_list`, ...)."""
-    columns = engine_columns(config.names, config.boolean_features, config.count_features)
-    return {**columns, **dict.fromkeys(LIST_FEATURES, pl.Boolean())}
+    return engine_columns(config.names, config.boolean_features, config.count_features)
 
 
 class Engine:

@@ -121,11 +121,9 @@ class ListSnapshot:
             count += 1
         self.entries = count
 
-    def membership(
-        self, feature: str, batch: pl.DataFrame, event_us: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.bool_]:
-        """Per row of `batch`: is its entity on the list `feature` names, at the row's
-        event time (`event_us`, microseconds since the epoch)?"""
+    def membership(self, feature: str, batch: pl.DataFrame) -> npt.NDArray[np.bool_]:
+        """Per row of `batch` (the engine's transaction schema): is its entity on the list
+        `feature` names, at the row's event time? Costs nothing while that list is empty."""
         try:
             entity, kind = LIST_FEATURES[feature]
         except KeyError:
@@ -141,6 +139,7 @@ class ListSnapshot:
         )
         if members.networks or entity == "ip":
             expiry = np.maximum(expiry, _ip_expiry(members, values))
+        event_us = batch.get_column("timestamp").dt.epoch("us").to_numpy()
         return expiry > event_us
 
 

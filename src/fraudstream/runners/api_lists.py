@@ -138,5 +138,7 @@ def _guarded(change: Callable[[], _T]) -> _T:
             raise ApiError(404, "not_found", str(error)) from None
         raise ApiError(422, "invalid_list_entry", str(error),
                        [FieldError(error.field, str(error))]) from None  # fmt: skip
+    except psycopg.DataError as error:  # text PostgreSQL cannot hold, such as a NUL
+        raise ApiError(422, "invalid_request", f"a value cannot be stored: {error}") from None
     except psycopg.OperationalError:
         raise ApiError(503, "unavailable", "the database cannot be reached now") from None

@@ -27,6 +27,7 @@ import polars as pl
 
 from fraudstream.core.errors import RuleError
 from fraudstream.core.events import TRANSACTION_SCHEMA
+from fraudstream.core.lists import LIST_FEATURES
 from fraudstream.core.rules.spec import Rule, RulesetSpec
 from fraudstream.core.rules.vector import (
     ColumnSource,
@@ -92,8 +93,9 @@ def engine_columns(
 ) -> dict[str, pl.DataType]:
     """Every column a rule may name, with its type, as the engine's scored frame holds them.
 
-    The transaction columns, `card_present` (Boolean; null when the channel is unknown) and the
-    features: names in `count_features` are Int64, in `boolean_features` Boolean, others Float64.
+    The transaction columns, `card_present` (Boolean; null when the channel is unknown), the
+    features (names in `count_features` are Int64, in `boolean_features` Boolean, others
+    Float64) and the list features (`card_on_deny_list`, ...: Boolean, never null).
     """
     booleans = set(boolean_features)
     counts = set(count_features)
@@ -106,6 +108,7 @@ def engine_columns(
             columns[name] = pl.Boolean()
         else:
             columns[name] = pl.Float64()
+    columns.update(dict.fromkeys(LIST_FEATURES, pl.Boolean()))
     return columns
 
 
