@@ -146,7 +146,11 @@ def test_concurrent_migrations_apply_each_version_exactly_once(database: str) ->
 
     with ThreadPoolExecutor(4) as pool:
         results = [future.result() for future in [pool.submit(worker) for _ in range(4)]]
-    assert sorted(results) == [[], [], [], SHIPPED]
+    # each migration takes the lock in its own transaction, so the processes may share the
+    # work; what matters is that every version is applied once, in order within each process
+    applied = [version for result in results for version in result]
+    assert sorted(applied) == SHIPPED
+    assert all(result == sorted(result) for result in results)
     assert _count(database, "schema_migrations") == len(SHIPPED)
 
 

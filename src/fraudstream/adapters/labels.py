@@ -34,13 +34,14 @@ def labelled_history(url: str) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def store_labels(url: str, labels: pl.DataFrame, source: str) -> int:
-    """Upsert `transaction_id`, `is_fraud` rows (the newest label wins); returns rows written."""
+    """Upsert `transaction_id`, `is_fraud` rows (the newest label wins, and a case verdict it
+    replaces no longer names its analyst and case); returns rows written."""
     rows = labels.select("transaction_id", "is_fraud").iter_rows()
     with psycopg.connect(url) as connection, connection.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO labels (transaction_id, is_fraud, source) VALUES (%s, %s, %s)"
             " ON CONFLICT (transaction_id) DO UPDATE SET is_fraud = excluded.is_fraud,"
-            " source = excluded.source, labelled_at = now()",
+            " source = excluded.source, labelled_at = now(), labelled_by = NULL, case_id = NULL",
             [(tid, bool(fraud), source) for tid, fraud in rows],
         )
     return labels.height

@@ -75,8 +75,11 @@ class PipelineStats:
 
 def clear_pipeline_tables(url: str) -> None:
     """Empty the pipeline's tables: only for a scratch database (the main job's embedded one),
-    since a run replays a seeded stream whose transaction ids an earlier run already stored."""
+    since a run replays a seeded stream whose transaction ids an earlier run already stored.
+    Cases and their labels go with the transactions they are about; lists and the audit log
+    stay."""
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
         connection.execute(
-            "TRUNCATE alert_attempts, alerts, fraud_transactions, transactions, dead_letters"
+            "TRUNCATE alert_attempts, alerts, case_comments, case_transactions, labels, cases,"
+            " fraud_transactions, transactions, dead_letters"
         )

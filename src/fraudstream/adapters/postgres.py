@@ -15,7 +15,9 @@ are inserted with `ON CONFLICT DO NOTHING` on their source position.
 With alert routing configured, the same database transaction also puts one `alerts` row per
 flagged transaction and matching route into the outbox (`ON CONFLICT DO NOTHING` on
 transaction and route), so an alert exists exactly when its decision does; the dispatcher
-(`fraudstream.runners.alerts`) delivers them without ever holding up a batch.
+(`fraudstream.runners.alerts`) delivers them without ever holding up a batch. Flagged
+transactions also open or join their card's case (`cases.attach_flagged`) in that transaction,
+so a stored flag always has its case; a batch without flags does no case work.
 
 Any connection-level failure rolls back, drops the connection and raises `SinkUnavailable`; the
 next `write` reconnects. Messages name host, port and database, never the password.
@@ -36,6 +38,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
+from fraudstream.adapters.cases import attach_flagged
 from fraudstream.adapters.postgres_schema import (
     FRAUD_COLUMNS,
     TRANSACTION_COLUMNS,
@@ -169,7 +172,8 @@ def _copy(cursor: Cursor, statement: sql.Composed, payload: bytes) -> None:
 
 
 def _store_decisions(cursor: Cursor, rendered: Rendered) -> None:
-    """Insert the rows not stored yet: straight COPY when all are new, else via staging."""
+    """Insert the rows not stored yet: straight COPY when all are new, else via staging. Then
+    attach the flagged ones to cases (going by the stored rows, so a replay attaches nothing)."""
     try:
         with cursor.connection.transaction():  # a savepoint inside the batch's transaction
             _copy(cursor, _COPY_TRANSACTIONS, rendered.transactions)
@@ -177,9 +181,10 @@ def _store_decisions(cursor: Cursor, rendered: Rendered) -> None:
         _log.debug("batch overlaps stored transactions; inserting only the new ones")
         _copy(cursor, _COPY_STAGING, rendered.transactions)
         cursor.execute(_MERGE_STAGING)
-        return
-    if rendered.flagged_ids:
-        cursor.execute(_INSERT_FRAUD, (rendered.flagged_ids,))
+    else:
+        if rendered.flagged_ids:
+            cursor.execute(_INSERT_FRAUD, (rendered.flagged_ids,))
+    attach_flagged(cursor, rendered.flagged_ids)  # nothing to do, and no query, without flags
 
 
 class PostgresSink:

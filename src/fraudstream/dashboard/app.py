@@ -1,4 +1,5 @@
-"""The live dashboard page, run by `streamlit run` (see `fraudstream.cli_dashboard`).
+"""The live dashboard page, run by `streamlit run` (see `fraudstream.cli_dashboard`); it is the
+default page of the dashboard's navigation, the analysts' "Cases" page (`cases_page`) the other.
 
 Streamlit runs this script top to bottom on every visit and every change of a filter; the
 live part (KPIs, charts, feeds) is a fragment that reruns itself every `REFRESH_S` seconds,
@@ -19,7 +20,7 @@ import streamlit as st
 
 from fraudstream.config import load_settings
 from fraudstream.core.errors import FraudstreamError
-from fraudstream.dashboard import charts
+from fraudstream.dashboard import cases_page, charts
 from fraudstream.dashboard.database import Database, DatabaseUnavailableError
 from fraudstream.dashboard.queries import (
     ACTIONS,
@@ -241,5 +242,12 @@ def main() -> None:
         _drilldown(database, suggestions)
 
 
+def run() -> None:
+    """The dashboard: the live page (the default) and the analysts' cases page."""
+    live = st.Page(main, title="Live decisions", icon=":material/monitoring:", default=True)
+    cases = st.Page(cases_page.main, title="Cases", icon=":material/inbox:", url_path="cases")
+    st.navigation([live, cases]).run()
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -25,12 +25,14 @@ from starlette.routing import Match
 
 from fraudstream import __version__
 from fraudstream.adapters.api_keys import ApiKey
+from fraudstream.adapters.cases import CaseStore
 from fraudstream.adapters.lists import ListStore
 from fraudstream.core.decision_record import DecisionRecord
 from fraudstream.core.errors import InvalidTransaction
 from fraudstream.core.events import Transaction, decode_transaction
 from fraudstream.ports import SinkUnavailable
 from fraudstream.runners.api_auth import Authenticator, RateLimiter
+from fraudstream.runners.api_cases import add_case_routes
 from fraudstream.runners.api_http import (
     JSON,
     ApiError,
@@ -67,6 +69,7 @@ class Runtime(Protocol):
     limiter: RateLimiter
     registry: CollectorRegistry
     lists: ListStore
+    cases: CaseStore
 
     def ready(self) -> bool: ...
     def folded(self) -> int: ...
@@ -103,6 +106,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     _add_health(app, runtime)
     _add_scoring(app, runtime)
     add_list_routes(app, runtime.lists)
+    add_case_routes(app, runtime.cases)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

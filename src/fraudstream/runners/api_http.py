@@ -92,6 +92,13 @@ def require(permission: str | None) -> Callable[..., Awaitable[ApiKey]]:
         header_key: Annotated[str | None, Security(_api_key_header)],
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> ApiKey:
+        if len(request.query_params) != len(request.query_params.multi_items()):
+            repeated = sorted({k for k, _ in request.query_params.multi_items()
+                               if len(request.query_params.getlist(k)) > 1})  # fmt: skip
+            raise ApiError(
+                422, "invalid_request", f"query parameters given more than once: {repeated}",
+                [FieldError(name, "given more than once") for name in repeated],
+            )  # fmt: skip
         presented = header_key or (bearer.credentials if bearer else None)
         if not presented:
             raise ApiError(

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from fraudstream.adapters.api_keys import KeyStore
+from fraudstream.adapters.cases import CaseStore
 from fraudstream.adapters.kafka import PRODUCER_DEFAULTS
 from fraudstream.adapters.kafka_sinks import new_consumer
 from fraudstream.adapters.lists import ListStore
@@ -74,6 +75,7 @@ class ApiRuntime:
         )
         self._stored = StoredDecisions(url)
         self.lists = ListStore(url)
+        self.cases = CaseStore(url)
         self.registry = CollectorRegistry()
         batch_sizes = Histogram(
             "fraudstream_api_score_batch_size", "Requests scored as one batch",
