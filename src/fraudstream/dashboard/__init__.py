@@ -1,7 +1,9 @@
-"""The live Streamlit dashboard: what the pipeline decides, read from PostgreSQL only.
+"""The Streamlit dashboard: what the pipeline decides, read from PostgreSQL, and the analysts'
+case queue.
 
-`queries` holds the SQL, `database` the one shared connection, `charts` the Plotly figures and
-`app` the page (run by `streamlit run`, which `fraudstream dashboard` and `fraudstream run`
+`queries` holds the SQL, `database` the one shared connection, `charts` the Plotly figures,
+`cases_page` the Cases page (through `adapters.cases`) and `app` the live page and the
+navigation between the two (run by `streamlit run`, which `fraudstream dashboard` and `fraudstream run`
 start as a child process with the pipeline's settings in its environment).
 """
 
