@@ -3,8 +3,8 @@ case queue.
 
 `queries` holds the SQL, `database` the one shared connection, `charts` the Plotly figures,
 `cases_page` the Cases page (through `adapters.cases`) and `app` the live page and the
-navigation between the two (run by `streamlit run`, which `fraudstream dashboard` and `fraudstream run`
-start as a child process with the pipeline's settings in its environment).
+navigation between the two (run by `streamlit run`, which `fraudstream dashboard` and
+`fraudstream run` start as a child process with the pipeline's settings in its environment).
 """
 
 from pathlib import Path
