@@ -40,11 +40,6 @@ def pair(item: str) -> tuple[str, str]:
 
 def database_url(settings: Settings) -> str:
     """The pipeline database: from the settings, else the embedded stack running here."""
-    from fraudstream.stack import running_stack_settings  # noqa: PLC0415
+    from fraudstream.stack import running_database_url  # noqa: PLC0415
 
-    url = running_stack_settings(settings).postgres.url
-    if url is None:
-        raise FraudstreamError(
-            "no database: run `fraudstream stack` in this project, or set FRAUDSTREAM_POSTGRES__URL"
-        )
-    return url.get_secret_value()
+    return running_database_url(settings)

@@ -33,7 +33,7 @@ from fraudstream.dashboard.queries import (
     rule_ids,
 )
 from fraudstream.reports.figures import Connection
-from fraudstream.stack import running_stack_settings
+from fraudstream.stack import running_database_url
 
 REFRESH_S: Final = 5
 RANGES: Final = {
@@ -61,15 +61,6 @@ T = TypeVar("T")
 def _database(url: str) -> Database:
     """One connection per database URL for the whole server, across sessions and refreshes."""
     return Database(url)
-
-
-def _database_url() -> str:
-    url = running_stack_settings(load_settings()).postgres.url
-    if url is None:
-        raise FraudstreamError(
-            "no database: run `fraudstream stack` in this project, or set FRAUDSTREAM_POSTGRES__URL"
-        )
-    return url.get_secret_value()
 
 
 def _read(database: Database, reader: Callable[[Connection], T]) -> tuple[T] | None:
@@ -230,7 +221,7 @@ def main() -> None:
     st.set_page_config(page_title="fraudstream — live", page_icon="🛡️", layout="wide")
     st.title("fraudstream — live decisions")
     try:
-        url = _database_url()
+        url = running_database_url(load_settings())
     except FraudstreamError as error:
         st.error(str(error))
         return

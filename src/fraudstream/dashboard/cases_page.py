@@ -49,7 +49,7 @@ from fraudstream.adapters.cases import (
 from fraudstream.adapters.postgres import _unavailable
 from fraudstream.config import load_settings
 from fraudstream.core.errors import FraudstreamError
-from fraudstream.stack import running_stack_settings
+from fraudstream.stack import running_database_url
 
 ACTOR_PREFIX: Final = "dashboard:"
 NAME_KEY: Final = "cases_name"
@@ -98,16 +98,6 @@ class Refused(FraudstreamError):  # noqa: N818 - reads as what it is
 @st.cache_resource(show_spinner=False)
 def _store(url: str) -> CaseStore:
     return CaseStore(url)
-
-
-def _database_url() -> str:
-    """The live page's database: the settings' URL, or the embedded stack's."""
-    url = running_stack_settings(load_settings()).postgres.url
-    if url is None:
-        raise FraudstreamError(
-            "no database: run `fraudstream stack` in this project, or set FRAUDSTREAM_POSTGRES__URL"
-        )
-    return url.get_secret_value()
 
 
 def plain(text: str) -> str:
@@ -564,7 +554,7 @@ def main() -> None:
     st.set_page_config(page_title="fraudstream — cases", page_icon="🛡️", layout="wide")
     st.title("Cases")
     try:
-        url = _database_url()
+        url = running_database_url(load_settings())
     except FraudstreamError as error:
         st.error(str(error))
         return

@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from fraudstream.config import Settings, SettingsError, load_settings
+from fraudstream.core.errors import FraudstreamError
 from fraudstream.stack.process import StackError, free_port
 from fraudstream.stack.servers import (
     EmbeddedKafka,
@@ -48,6 +49,7 @@ __all__ = [
     "Stack",
     "StackError",
     "free_port",
+    "running_database_url",
     "running_stack_settings",
 ]
 
@@ -171,6 +173,17 @@ def running_stack_settings(settings: Settings) -> Settings:
         if current.url is None and running.get(f"{name}_url"):
             update[name] = current.model_copy(update={"url": SecretStr(running[f"{name}_url"])})
     return settings.model_copy(update=update)
+
+
+def running_database_url(settings: Settings) -> str:
+    """The pipeline database's URL: from the settings, else the embedded stack running here;
+    `FraudstreamError` saying how to get one when there is neither."""
+    url = running_stack_settings(settings).postgres.url
+    if url is None:
+        raise FraudstreamError(
+            "no database: run `fraudstream stack` in this project, or set FRAUDSTREAM_POSTGRES__URL"
+        )
+    return url.get_secret_value()
 
 
 def _process_alive(pid: int) -> bool:
