@@ -9,10 +9,8 @@ its thread pool, away from the scoring loop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, Literal, TypeVar
 
-import psycopg
 from fastapi import Depends, FastAPI, Path, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -22,13 +20,20 @@ from fraudstream.adapters.cases import (
     CaseDetail,
     CaseError,
     CaseFilter,
-    CaseStatus,
     CaseStore,
     CaseSummary,
+    CaseTransaction,
     DenyCard,
     Verdict,
 )
-from fraudstream.runners.api_http import ApiError, FieldError, actor, problems, require
+from fraudstream.runners.api_http import (
+    ApiError,
+    FieldError,
+    actor,
+    database_call,
+    problems,
+    require,
+)
 
 CasesKey = Annotated[ApiKey, Depends(require("cases"))]
 """A key whose role may work cases, within its rate limit."""
@@ -36,54 +41,16 @@ CaseId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 _Text = Annotated[str, Field(min_length=1, max_length=5000)]
 
 
-class CaseSummaryOut(BaseModel):
-    id: int
-    card_ref: str
-    status: CaseStatus
-    assignee: str | None
-    transactions: int
-    max_score: float
-    highest_action: str
-    total_amount: float
-    opened_at: datetime
-    updated_at: datetime
-    last_event_time: datetime
-    closed_at: datetime | None
-    closed_by: str | None
-    resolution: str | None
-
-
-class CaseTransactionOut(BaseModel):
-    transaction_id: str
-    event_time: datetime
-    amount: float
-    currency: str | None
-    merchant_id: str | None
-    country: str | None
-    score: float
-    action: str
-    rules_fired: list[str]
-    reasons: list[str]
-    verdict: Verdict | None
-    labelled_by: str | None
-    labelled_at: datetime | None
-
-
-class CaseCommentOut(BaseModel):
-    id: int
-    author: str
-    body: str
-    created_at: datetime
-
-
 class CaseDetailOut(BaseModel):
-    case: CaseSummaryOut
-    transactions: list[CaseTransactionOut]
-    comments: list[CaseCommentOut]
+    """A case as the API shows it: the summary under `case`."""
+
+    case: CaseSummary
+    transactions: list[CaseTransaction]
+    comments: list[CaseComment]
 
 
 class CaseQueue(BaseModel):
-    cases: list[CaseSummaryOut]
+    cases: list[CaseSummary]
 
 
 class Assignment(BaseModel):
@@ -120,22 +87,10 @@ class Closing(BaseModel):
     deny_card: DenyCardIn | None = None
 
 
-def _summary(case: CaseSummary) -> CaseSummaryOut:
-    return CaseSummaryOut.model_validate(case, from_attributes=True)
-
-
 def _detail(detail: CaseDetail) -> CaseDetailOut:
     return CaseDetailOut(
-        case=_summary(detail.summary),
-        transactions=[
-            CaseTransactionOut.model_validate(t, from_attributes=True) for t in detail.transactions
-        ],
-        comments=[_comment(c) for c in detail.comments],
+        case=detail.summary, transactions=detail.transactions, comments=detail.comments
     )
-
-
-def _comment(comment: CaseComment) -> CaseCommentOut:
-    return CaseCommentOut.model_validate(comment, from_attributes=True)
 
 
 def add_case_routes(app: FastAPI, store: CaseStore) -> None:
@@ -157,7 +112,7 @@ def add_case_routes(app: FastAPI, store: CaseStore) -> None:
         """The queue: open cases with the highest score first, by default."""
         wanted = CaseFilter(None if status == "all" else status, assignee, card_ref, min_score,
                             limit)  # fmt: skip
-        return CaseQueue(cases=[_summary(c) for c in _guarded(lambda: store.cases(wanted))])
+        return CaseQueue(cases=_guarded(lambda: store.cases(wanted)))
 
     @app.get("/v1/cases/{case_id}", tags=["cases"], responses=one)
     def case(_: CasesKey, case_id: CaseId) -> CaseDetailOut:
@@ -168,14 +123,14 @@ def add_case_routes(app: FastAPI, store: CaseStore) -> None:
         return _detail(found)
 
     @app.post("/v1/cases/{case_id}/assign", tags=["cases"], responses=change)
-    def assign(key: CasesKey, case_id: CaseId, body: Assignment) -> CaseSummaryOut:
+    def assign(key: CasesKey, case_id: CaseId, body: Assignment) -> CaseSummary:
         """Assign an open case to an analyst, or unassign it (null)."""
-        return _summary(_guarded(lambda: store.assign(actor(key), case_id, body.assignee)))
+        return _guarded(lambda: store.assign(actor(key), case_id, body.assignee))
 
     @app.post("/v1/cases/{case_id}/comments", tags=["cases"], status_code=201, responses=one)
-    def comment(key: CasesKey, case_id: CaseId, body: NewComment) -> CaseCommentOut:
+    def comment(key: CasesKey, case_id: CaseId, body: NewComment) -> CaseComment:
         """Add a comment to a case."""
-        return _comment(_guarded(lambda: store.comment(actor(key), case_id, body.body)))
+        return _guarded(lambda: store.comment(actor(key), case_id, body.body))
 
     @app.post("/v1/cases/{case_id}/close", tags=["cases"], responses=change)
     def close(key: CasesKey, case_id: CaseId, body: Closing) -> CaseDetailOut:
@@ -196,16 +151,12 @@ _STATUS = {"invalid": 422, "not_found": 404, "conflict": 409}
 
 
 def _guarded(call: Callable[[], _T]) -> _T:
-    """Run a store call; its refusals become problems, an unreachable database a 503."""
+    """Run a store call; its refusals become problems (see `database_call` for the rest)."""
     try:
-        return call()
+        return database_call(call)
     except CaseError as error:
         status = _STATUS[error.kind]
         fields = [FieldError(f"verdicts.{m}", "no verdict given") for m in error.missing]
         if error.field and not fields:
             fields = [FieldError(error.field, str(error))]
         raise ApiError(status, f"case_{error.kind}", str(error), fields) from None
-    except psycopg.DataError as error:  # text PostgreSQL cannot hold, such as a NUL
-        raise ApiError(422, "invalid_request", f"a value cannot be stored: {error}") from None
-    except psycopg.OperationalError:
-        raise ApiError(503, "unavailable", "the database cannot be reached now") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Final, Protocol
+from typing import Annotated, Any, Final, Protocol, TypeVar
 
 import msgspec
 import psycopg
@@ -52,6 +52,7 @@ class Guard(Protocol):
     limiter: RateLimiter
 
 
+_T = TypeVar("_T")
 JSON: Final = "application/json"
 _ENCODER: Final = msgspec.json.Encoder()
 
@@ -126,6 +127,17 @@ def require(permission: str | None) -> Callable[..., Awaitable[ApiKey]]:
         return key
 
     return dependency
+
+
+def database_call(call: Callable[[], _T]) -> _T:
+    """Run a blocking store call for a route: text PostgreSQL cannot hold (such as a NUL) is a
+    422, an unreachable database a 503. The store's own refusals pass through to the route."""
+    try:
+        return call()
+    except psycopg.DataError as error:
+        raise ApiError(422, "invalid_request", f"a value cannot be stored: {error}") from None
+    except psycopg.OperationalError:
+        raise ApiError(503, "unavailable", "the database cannot be reached now") from None
 
 
 def actor(key: ApiKey) -> str:

@@ -10,10 +10,8 @@ so their database calls never hold up scoring on the event loop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, TypeVar
 
-import psycopg
 from fastapi import Depends, FastAPI, Path, Query
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -21,7 +19,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from fraudstream.adapters.api_keys import ApiKey
 from fraudstream.adapters.lists import ListError, ListStore, StoredEntry
 from fraudstream.core.lists import Entity, ListKind
-from fraudstream.runners.api_http import ApiError, FieldError, actor, problems, require
+from fraudstream.runners.api_http import (
+    ApiError,
+    FieldError,
+    actor,
+    database_call,
+    problems,
+    require,
+)
 
 
 class NewListEntry(BaseModel):
@@ -46,27 +51,8 @@ class Removal(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
 
 
-class ListEntryOut(BaseModel):
-    id: int
-    list: ListKind
-    entity: Entity
-    value: str
-    reason: str
-    expires_at: datetime | None
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-    removed_by: str | None
-    removed_at: datetime | None
-    removed_reason: str | None
-
-    @staticmethod
-    def of(entry: StoredEntry) -> ListEntryOut:
-        return ListEntryOut.model_validate(entry, from_attributes=True)
-
-
 class ListEntries(BaseModel):
-    entries: list[ListEntryOut]
+    entries: list[StoredEntry]
 
 
 EntryId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -90,55 +76,51 @@ def add_list_routes(app: FastAPI, store: ListStore) -> None:
                 list_, entity, value, include_removed=include_removed, limit=limit
             )
         )
-        return ListEntries(entries=[ListEntryOut.of(e) for e in found])
+        return ListEntries(entries=found)
 
     @app.post(
         "/v1/lists",
         tags=["lists"],
         status_code=201,
-        responses={200: {"model": ListEntryOut, "description": "The value was already on the"
+        responses={200: {"model": StoredEntry, "description": "The value was already on the"
                          " list: its reason and expiry are updated."},
                    **problems(401, 403, 422, 429, 503)},
     )  # fmt: skip
-    def add(key: ListsKey, body: NewListEntry, response: Response) -> ListEntryOut:
+    def add(key: ListsKey, body: NewListEntry, response: Response) -> StoredEntry:
         """Put a value on a list (201), or update the value's entry there (200)."""
         entry, created = _guarded(
             lambda: store.add(actor(key), body.list, body.entity, body.value, body.reason,
                               body.expires_at)
         )  # fmt: skip
         response.status_code = 201 if created else 200
-        return ListEntryOut.of(entry)
+        return entry
 
     one = problems(401, 403, 404, 422, 429, 503)
 
     @app.get("/v1/lists/{entry_id}", tags=["lists"], responses=one)
-    def entry(_: ListsKey, entry_id: EntryId) -> ListEntryOut:
+    def entry(_: ListsKey, entry_id: EntryId) -> StoredEntry:
         """One entry, active or removed."""
         found = _guarded(lambda: store.entry(entry_id))
         if found is None:
             raise ApiError(404, "not_found", f"no list entry {entry_id}")
-        return ListEntryOut.of(found)
+        return found
 
     @app.post("/v1/lists/{entry_id}/remove", tags=["lists"], responses=one)
-    def remove(key: ListsKey, entry_id: EntryId, body: Removal) -> ListEntryOut:
+    def remove(key: ListsKey, entry_id: EntryId, body: Removal) -> StoredEntry:
         """Take an entry off its list. Entries are never deleted: the row stays readable, with
         who removed it, when and why."""
-        return ListEntryOut.of(_guarded(lambda: store.remove(actor(key), entry_id, body.reason)))
+        return _guarded(lambda: store.remove(actor(key), entry_id, body.reason))
 
 
 _T = TypeVar("_T")
 
 
 def _guarded(change: Callable[[], _T]) -> _T:
-    """Run a store call; its refusals become 4xx problems, an unreachable database a 503."""
+    """Run a store call; its refusals become 4xx problems (see `database_call` for the rest)."""
     try:
-        return change()
+        return database_call(change)
     except ListError as error:
         if error.field is None:
             raise ApiError(404, "not_found", str(error)) from None
         raise ApiError(422, "invalid_list_entry", str(error),
                        [FieldError(error.field, str(error))]) from None  # fmt: skip
-    except psycopg.DataError as error:  # text PostgreSQL cannot hold, such as a NUL
-        raise ApiError(422, "invalid_request", f"a value cannot be stored: {error}") from None
-    except psycopg.OperationalError:
-        raise ApiError(503, "unavailable", "the database cannot be reached now") from None
