@@ -235,6 +235,17 @@ class ListSettings(BaseModel):
     a change is applied within this time."""
 
 
+class RuleSettings(BaseModel):
+    """How runners keep the rules managed in the database current
+    (`runners/rule_watcher.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    """How often a worker or the API asks whether a managed rule changed (one single-row
+    query); a change is applied within this time."""
+
+
 class ApiSettings(BaseModel):
     """The scoring API (`fraudstream api`, `runners/api_server.py`)."""
 
@@ -331,6 +342,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     models: ModelSettings = ModelSettings()
     lists: ListSettings = ListSettings()
+    rules: RuleSettings = RuleSettings()
     alerts: AlertSettings = AlertSettings()
     history: HistorySettings = HistorySettings()
     spark: SparkSettings = SparkSettings()

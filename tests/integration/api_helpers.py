@@ -122,6 +122,7 @@ def running_api(endpoints: Endpoints, tmp_path: Path) -> Iterator[Api]:
             update={
                 "api": pipeline.settings.api.model_copy(update={"key_cache_s": 0.5}),
                 "lists": pipeline.settings.lists.model_copy(update={"poll_interval_s": 0.3}),
+                "rules": pipeline.settings.rules.model_copy(update={"poll_interval_s": 0.3}),
             }
         )
         store = KeyStore(pipeline.postgres_url)

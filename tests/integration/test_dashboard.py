@@ -1,6 +1,7 @@
 """The dashboard page through Streamlit's AppTest, on real databases of the embedded server:
-its KPIs, alert feed, rules and card drill-down equal independent SQL, its filters change them
-as SQL says, and an empty, bare or unreachable database gets a message, never an exception."""
+its KPIs, alert feed, rules (live and shadow) and card drill-down equal independent SQL, its
+filters change them as SQL says, and an empty, bare or unreachable database gets a message,
+never an exception."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Final
 
 import pandas as pd
+import psycopg
 import pytest
 from dashboard_data import (
     HOUR,
@@ -23,11 +27,12 @@ from dashboard_data import (
     populated_database,
     scope,
 )
-from report_data import CLI, EVIL_MERCHANT, sql_rows
+from report_data import CLI, EVIL_MERCHANT, sql_rows, sql_value
 from streamlit.testing.v1 import AppTest
 
 from fraudstream.adapters.postgres import migrate
 from fraudstream.dashboard import APP_PATH
+from fraudstream.dashboard.queries import Filters, read_figures, shadow_rules
 from fraudstream.stack import Endpoints
 from fraudstream.stack.process import free_port
 
@@ -225,3 +230,203 @@ def test_the_command_without_a_database_says_how_to_get_one(tmp_path: Path) -> N
     )  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
     assert "fraudstream stack" in result.stdout
+
+
+SHADOW_WIDE: Final = "shadow_wide"
+"""Fired in shadow on every fifth decision, in every cluster."""
+SHADOW_MIDDLE: Final = "shadow_middle"
+"""Fired in shadow on every other decision of the middle cluster (50 to 38 minutes ago) only."""
+SHADOW_UNLABELLED: Final = "shadow_unlabelled"
+"""Fired in shadow on unlabelled decisions only: its precision is unknown."""
+NO_SHADOW: Final = "No shadow rule fired in this range."
+SHADOW_TITLE: Final = "Shadow rules: recorded, never deciding"
+
+
+@dataclass(frozen=True, slots=True)
+class Shadowed:
+    """A database with shadow hits; `live_rule` is the busiest live rule of the last hour, also
+    fired in shadow on other rows; `quiet` a merchant with decisions but no shadow hit."""
+
+    url: str
+    live_rule: str
+    quiet: str
+
+
+@pytest.fixture(scope="module")
+def shadowed(endpoints: Endpoints) -> Iterator[Shadowed]:
+    """A database of its own (the shared one stays without shadow hits): the same rows, with
+    shadow rules recorded on some, as a worker with rules in shadow would have written them.
+    `kafka_offset` is the row's index in the frame, which decides its cluster."""
+    for url in populated_database(endpoints):
+        live_rule = sql_value(
+            url,
+            "SELECT r FROM transactions CROSS JOIN unnest(rules_fired) AS r"
+            f' WHERE {scope()} GROUP BY r ORDER BY count(*) DESC, r COLLATE "C" LIMIT 1',
+            span=HOUR,
+        )
+        quiet = sql_value(
+            url,
+            f"SELECT merchant_id FROM transactions WHERE {scope()} GROUP BY merchant_id"
+            ' ORDER BY count(*) DESC, merchant_id COLLATE "C" LIMIT 1',
+            span=HOUR,
+        )
+        with psycopg.connect(url) as connection:
+            connection.execute(
+                "UPDATE transactions t SET shadow_rules_fired = array_remove(ARRAY["
+                " CASE WHEN kafka_offset %% 5 = 0 THEN %(wide)s END,"
+                " CASE WHEN kafka_offset BETWEEN 1400 AND 2799 AND kafka_offset %% 2 = 1"
+                "  THEN %(middle)s END,"
+                " CASE WHEN kafka_offset %% 7 = 3 THEN %(live)s END,"
+                " CASE WHEN kafka_offset %% 4 = 1 AND NOT EXISTS"
+                "  (SELECT FROM labels l WHERE l.transaction_id = t.transaction_id)"
+                "  THEN %(unlabelled)s END]::text[], NULL)"
+                " WHERE merchant_id <> %(quiet)s",
+                {
+                    "wide": SHADOW_WIDE, "middle": SHADOW_MIDDLE, "live": live_rule,
+                    "unlabelled": SHADOW_UNLABELLED, "quiet": quiet,
+                },
+            )  # fmt: skip
+        yield Shadowed(url, live_rule, quiet)
+
+
+def expected_shadow(
+    url: str, span: timedelta = HOUR, where: str = "true", **params: Any
+) -> list[tuple[Any, ...]]:
+    """(rule, hits, hit rate, labelled hits, labelled fraud hits, precision) of each shadow
+    rule over the decisions in range matching `where`, from plain SQL: most hits first."""
+    total = sql_value(
+        url, f"SELECT count(*) FROM transactions WHERE {scope(where)}", span=span, **params
+    )
+    counts = sql_rows(
+        url,
+        "SELECT r, count(*), count(l.transaction_id), count(*) FILTER (WHERE l.is_fraud)"
+        " FROM transactions t CROSS JOIN unnest(t.shadow_rules_fired) AS r"
+        f" LEFT JOIN labels l USING (transaction_id) WHERE {scope(where)} GROUP BY r",
+        span=span,
+        **params,
+    )
+    rows = [
+        (rule, hits, hits / total, labelled, fraud, fraud / labelled if labelled else None)
+        for rule, hits, labelled, fraud in counts
+    ]
+    return sorted(rows, key=lambda row: (-row[1], row[0]))
+
+
+def _shadow_rows(url: str, filters: Filters) -> list[tuple[Any, ...]]:
+    """The shadow rules' rows as the page reads them: within `read_figures`' snapshot."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        return read_figures(connection, filters).shadow_rules.rows()
+
+
+def test_shadow_rule_hits_and_precision_equal_sql_and_leave_live_hits_out(
+    shadowed: Shadowed,
+) -> None:
+    url, live_rule = shadowed.url, shadowed.live_rule
+    expected = expected_shadow(url)
+    assert _shadow_rows(url, Filters(span=HOUR)) == expected
+    shadow = {SHADOW_WIDE, SHADOW_MIDDLE, SHADOW_UNLABELLED, live_rule}
+    assert {row[0] for row in expected} == shadow  # no live-only rule among them
+    # the data has what the figures must tell apart: fraud, legitimate and unlabelled hits
+    mix = sql_rows(
+        url,
+        "SELECT count(*) FILTER (WHERE l.is_fraud), count(*) FILTER (WHERE NOT l.is_fraud),"
+        " count(*) FILTER (WHERE l.transaction_id IS NULL) FROM transactions t"
+        " LEFT JOIN labels l USING (transaction_id)"
+        f" WHERE %(rule)s = ANY(t.shadow_rules_fired) AND {scope()}",
+        span=HOUR,
+        rule=SHADOW_WIDE,
+    )[0]
+    assert all(count > 0 for count in mix), mix
+    by_rule = {row[0]: row for row in expected}
+    assert 0 < by_rule[SHADOW_WIDE][5] < 1
+    assert by_rule[SHADOW_UNLABELLED][3] == 0 and by_rule[SHADOW_UNLABELLED][5] is None
+    # the live rule's live hits are not shadow hits: counting them would change its figures
+    live_hits = sql_value(
+        url, f"SELECT count(*) FROM transactions WHERE %(rule)s = ANY(rules_fired) AND {scope()}",
+        span=HOUR, rule=live_rule,
+    )  # fmt: skip
+    assert live_hits > 0 and by_rule[live_rule][1] != live_hits
+    # top: the most hits first
+    with psycopg.connect(url, autocommit=True) as connection:
+        assert shadow_rules(connection, Filters(span=HOUR), 2).rows() == expected[:2]
+
+
+def test_the_filters_scope_the_shadow_rules_as_sql_says(shadowed: Shadowed) -> None:
+    url = shadowed.url
+    every = {row[0]: row[1] for row in expected_shadow(url)}
+    merchant = sql_value(
+        url,
+        "SELECT merchant_id FROM transactions"
+        f" WHERE cardinality(shadow_rules_fired) > 0 AND {scope()} GROUP BY merchant_id"
+        ' ORDER BY count(*) DESC, merchant_id COLLATE "C" LIMIT 1',
+        span=HOUR,
+    )
+    cases = [
+        (Filters(span=HOUR, merchant=merchant), expected_shadow(
+            url, where="merchant_id = %(m)s", m=merchant)),
+        (Filters(span=HOUR, actions=("decline",)), expected_shadow(
+            url, where="action = 'decline'")),
+        (Filters(span=HOUR, actions=("approve", "review")), expected_shadow(
+            url, where="action <> 'decline'")),
+        (Filters(span=HOUR, rule=shadowed.live_rule), expected_shadow(
+            url, where="%(r)s = ANY(rules_fired)", r=shadowed.live_rule)),
+        (Filters(span=timedelta(minutes=15)), expected_shadow(url, timedelta(minutes=15))),
+        (Filters(span=None), expected_shadow(url, timedelta(days=3650))),
+    ]  # fmt: skip
+    for filters, expected in cases:
+        assert expected, filters
+        assert _shadow_rows(url, filters) == expected, filters
+        assert {row[0]: row[1] for row in expected} != every, filters  # the filter mattered
+    quarter = {row[0] for row in cases[4][1]}
+    assert SHADOW_MIDDLE in every and SHADOW_MIDDLE not in quarter
+    quiet = Filters(span=HOUR, merchant=shadowed.quiet)
+    assert sql_value(
+        url, f"SELECT count(*) FROM transactions WHERE merchant_id = %(m)s AND {scope()}",
+        span=HOUR, m=shadowed.quiet,
+    ) > 0  # fmt: skip
+    assert _shadow_rows(url, quiet) == []
+
+
+def _under_shadow_title(page: AppTest) -> Any:
+    """The element right under the shadow rules' title, which must be in the live rules'
+    column, after the live rules."""
+    for column in page.columns:
+        items = list(column.children.values())
+        titles = [(i, n.value) for i, n in enumerate(items) if n.type == "subheader"]
+        if SHADOW_TITLE in [title for _, title in titles]:
+            assert [title for _, title in titles] == ["Rules: hits and precision", SHADOW_TITLE]
+            return items[titles[1][0] + 1]
+    raise AssertionError(f"no column with {SHADOW_TITLE!r}")
+
+
+def test_the_page_shows_the_shadow_rules_beside_the_live_ones(
+    shadowed: Shadowed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    page = _open(shadowed.url, monkeypatch, tmp_path)
+    under = _under_shadow_title(page)
+    assert under.type == "dataframe"
+    shown = under.value
+    expected = expected_shadow(shadowed.url)
+    assert shown["rule_id"].tolist() == [row[0] for row in expected]
+    assert shown["hits"].tolist() == [row[1] for row in expected]
+    assert shown["precision"].tolist() == pytest.approx(
+        [float("nan") if row[5] is None else row[5] for row in expected], nan_ok=True
+    )
+    assert NO_SHADOW not in [caption.value for caption in page.caption]
+    live = table(page, "rule_id")  # the live table comes first, with the live rules only
+    assert SHADOW_WIDE not in set(live["rule_id"]) and shadowed.live_rule in set(live["rule_id"])
+    page.sidebar.text_input(key="merchant").input(shadowed.quiet).run()
+    assert not page.exception
+    assert kpis(page)["Transactions"] != "0"
+    under = _under_shadow_title(page)
+    assert (under.type, under.value) == ("caption", NO_SHADOW)
+    assert len([frame for frame in page.dataframe if "hit_rate" in frame.value.columns]) == 1
+
+
+def test_the_page_says_when_no_shadow_rule_fired(page: AppTest, populated: str) -> None:
+    assert sql_value(populated, "SELECT count(*) FROM transactions"
+                     " WHERE cardinality(shadow_rules_fired) > 0") == 0  # fmt: skip
+    under = _under_shadow_title(page)
+    assert (under.type, under.value) == ("caption", NO_SHADOW)
+    assert len([frame for frame in page.dataframe if "hit_rate" in frame.value.columns]) == 1
+    assert not table(page, "rule_id").empty  # the live rules still show

@@ -14,7 +14,7 @@ import duckdb
 import polars as pl
 import psycopg
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from pipeline_helpers import fresh_pipeline, wait_for
 from polars.testing import assert_frame_equal
 from psycopg import sql
@@ -360,3 +360,22 @@ def test_the_main_job_writes_history_under_the_data_dir_unless_told_where(
 
     told = load_settings(history={"delta_path": str(tmp_path / "mine")})
     assert with_history(told, True, quiet).history.delta_path == str(tmp_path / "mine")
+
+
+def test_a_table_written_before_shadow_rules_gains_the_column_and_keeps_its_rows(
+    tmp_path: Path, scored: pl.DataFrame
+) -> None:
+    uri = str(tmp_path / "history")
+    old_schema = pl.DataFrame(schema=HISTORY_SCHEMA).drop("shadow_rules_fired").to_arrow().schema
+    DeltaTable.create(uri, schema=old_schema, partition_by=["event_date"])
+    old_rows = history_frame(scored.slice(0, 600)).drop("shadow_rules_fired")
+    write_deltalake(uri, old_rows.to_arrow(), mode="append")
+    sink = DeltaHistorySink(uri, TOPIC)
+    sink.write(_rows(scored, 600, 1200))
+    stored = read_history(uri).sort("transaction_id")
+    assert stored.height == 1200
+    assert stored.schema["shadow_rules_fired"] == pl.List(pl.String())
+    old_ids = set(old_rows.get_column("transaction_id"))
+    by_age = stored.with_columns(old=pl.col("transaction_id").is_in(list(old_ids)))
+    assert by_age.filter("old").get_column("shadow_rules_fired").null_count() == 600
+    assert by_age.filter(~pl.col("old")).get_column("shadow_rules_fired").null_count() == 0

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fraudstream.adapters.kafka import TransactionProducer, ensure_topics
 from fraudstream.adapters.kafka_lag import ConsumerLag
 from fraudstream.adapters.metrics import HISTOGRAMS, METRIC_NAMES, SERIES_NAMES
+from fraudstream.core.rules import load_default_ruleset_text
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.runners.serve import assignments, metrics_endpoints
 from fraudstream.stack import Endpoints, free_port
@@ -47,6 +48,7 @@ class Stored:
     dead_letters: int
     actions: dict[str, int]
     rule_hits: dict[str, int]
+    shadow_rule_hits: dict[str, int]
 
     @property
     def messages(self) -> int:
@@ -62,15 +64,28 @@ class Run:
     def stored(self) -> Stored:
         query = self.pipeline.query
         actions = query("SELECT action, count(*) FROM transactions GROUP BY action")
-        hits = query(
-            "SELECT rule, count(*) FROM transactions, unnest(rules_fired) AS rule GROUP BY rule"
+        hits, shadow_hits = (
+            query(
+                f"SELECT rule, count(*) FROM transactions, unnest({column}) AS rule GROUP BY rule"
+            )
+            for column in ("rules_fired", "shadow_rules_fired")
         )
         return Stored(
             self.pipeline.count("transactions"),
             self.pipeline.count("dead_letters"),
             {str(action): int(str(n)) for action, n in actions},
             {str(rule): int(str(n)) for rule, n in hits},
+            {str(rule): int(str(n)) for rule, n in shadow_hits},
         )
+
+
+SHADOW_RULE = """
+  - id: shadow_over_300
+    description: Recorded beside the decisions, never deciding.
+    expression: amount > 300
+    score: 50
+    shadow: true
+"""
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +93,10 @@ def run(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """Two worker processes that scored a generated stream and a few malformed messages;
     they keep running (serving metrics) until the module's tests are done."""
     stream = generate(GeneratorConfig(seed=13, n_transactions=TRANSACTIONS, days=1))
-    with fresh_pipeline(endpoints, tmp_path_factory.mktemp("metrics")) as pipeline:
+    folder = tmp_path_factory.mktemp("metrics")
+    rules = folder / "rules.yaml"
+    rules.write_text(load_default_ruleset_text() + SHADOW_RULE)
+    with fresh_pipeline(endpoints, folder, rules_file=str(rules)) as pipeline:
         workers = pipeline.workers(2)
         workers.start()
         try:
@@ -140,6 +158,9 @@ def test_counters_scraped_from_the_workers_add_up_to_the_rows_in_postgres(run: R
     }
     assert stored.rule_hits, "the generated stream should make rules fire"
     assert dict(total(samples, "fraudstream_rule_hits_total", "rule")) == stored.rule_hits
+    assert set(stored.shadow_rule_hits) == {"shadow_over_300"}
+    shadow_hits = total(samples, "fraudstream_shadow_rule_hits_total", "rule")
+    assert dict(shadow_hits) == stored.shadow_rule_hits
     assert total(samples, "fraudstream_batch_size_sum")[""] == stored.messages
     assert total(samples, "fraudstream_event_to_decision_seconds_count")[""] == stored.transactions
     per_worker = total(samples, "fraudstream_messages_consumed_total", "worker")

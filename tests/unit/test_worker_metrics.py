@@ -52,6 +52,7 @@ def scored(latencies_s: list[float | None], ruleset: str = "v1") -> pl.DataFrame
         {
             "action": ["approve", "approve", "review", "decline", "decline"],
             "rules_fired": [[], [], ["amount"], ["amount", "velocity"], ["velocity"]],
+            "shadow_rules_fired": [["night"], [], [], ["night"], []],
             "ingested_at": ingested,
             "decided_at": [decided_at] * 5,
             "ruleset_version": [ruleset] * 5,
@@ -60,6 +61,7 @@ def scored(latencies_s: list[float | None], ruleset: str = "v1") -> pl.DataFrame
             "ingested_at": pl.Datetime("us", "UTC"),
             "decided_at": pl.Datetime("us", "UTC"),
             "rules_fired": pl.List(pl.String),
+            "shadow_rules_fired": pl.List(pl.String),
         },
     )
 
@@ -77,6 +79,11 @@ def test_a_batch_is_counted_by_action_rule_and_dead_letter() -> None:
     assert by_action == {"approve": 2, "review": 1, "decline": 2}
     assert value(samples, "fraudstream_rule_hits_total", rule="amount") == 2
     assert value(samples, "fraudstream_rule_hits_total", rule="velocity") == 2
+    assert value(samples, "fraudstream_shadow_rule_hits_total", rule="night") == 2
+    assert (
+        "fraudstream_rule_hits_total",
+        frozenset({("worker", "w1"), ("rule", "night")}),
+    ) not in samples, "a shadow hit is not a live hit"
     assert value(samples, "fraudstream_batch_size_sum") == 7
     assert value(samples, "fraudstream_batch_size_count") == 1
     assert value(samples, "fraudstream_batch_seconds_sum") == pytest.approx(0.05)
@@ -198,7 +205,7 @@ def test_metric_names_are_exactly_the_series_exposed() -> None:
     metrics.state(FeatureState(), now_s=0.0)
     exposed = {name for name, _ in scrape(metrics) if not name.endswith("_created")}
     assert exposed == SERIES_NAMES
-    assert len(METRIC_NAMES) == len(set(METRIC_NAMES)) == 16
+    assert len(METRIC_NAMES) == len(set(METRIC_NAMES)) == 17
     assert all(name.startswith("fraudstream_") for name in METRIC_NAMES)
 
 

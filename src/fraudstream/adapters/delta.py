@@ -49,6 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 import polars as pl
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, DeltaProtocolError, SchemaMismatchError
+from deltalake.schema import Field
 
 from fraudstream.adapters.postgres_schema import FRAME_NAMES, TRANSACTION_COLUMNS
 from fraudstream.ports import ScoredBatch, SinkUnavailable
@@ -71,6 +72,7 @@ _TYPES: Final[dict[str, pl.DataType]] = {
     "is_late": pl.Boolean(),
     "rules_fired": pl.List(pl.String),
     "reasons": pl.List(pl.String),
+    "shadow_rules_fired": pl.List(pl.String),
     **dict.fromkeys(
         ("amount", "latitude", "longitude", "score", "rule_score", "model_score", "shadow_score"),
         pl.Float64(),
@@ -164,7 +166,9 @@ class DeltaHistorySink:
 
     def _open(self) -> DeltaTable:
         if self._table is None:
-            self._table = open_or_create(self._uri, self._options)
+            table = open_or_create(self._uri, self._options)
+            add_missing_columns(table)
+            self._table = table
         return self._table
 
     def _current_versions(self, table: DeltaTable, partitions: list[int]) -> dict[int, int]:
@@ -185,7 +189,7 @@ class DeltaHistorySink:
         ]
         write_deltalake(
             table,
-            fresh.to_arrow(),
+            fresh.select(field.name for field in table.schema().fields).to_arrow(),
             mode="append",
             partition_by=[PARTITION_COLUMN],
             commit_properties=CommitProperties(
@@ -247,6 +251,22 @@ def open_or_create(uri: str, storage_options: Options = None) -> DeltaTable:
         )
     except DeltaError:  # another writer created it at the same moment
         return DeltaTable(uri, storage_options=options)
+
+
+def add_missing_columns(table: DeltaTable) -> None:
+    """Add the columns a newer fraudstream stores (nullable: older rows have none) to a table
+    an older one created, so history written before and after an upgrade stays one table."""
+    present = {field.name for field in table.schema().fields}
+    missing = [field for field in _ARROW_SCHEMA if field.name not in present]
+    if not missing:
+        return
+    try:
+        table.alter.add_columns([Field.from_arrow(field) for field in missing])
+    except DeltaError:  # another writer added them first
+        table.update_incremental()
+        now_present = {field.name for field in table.schema().fields}
+        if any(field.name not in now_present for field in missing):
+            raise
 
 
 def safe_uri(uri: str) -> str:

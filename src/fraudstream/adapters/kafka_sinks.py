@@ -31,7 +31,7 @@ a partition is reported, so the worker's event-time alignment need not wait for 
 DECISION_FIELDS = (
     "transaction_id", "card_ref", "customer_id", "merchant_id", "amount", "currency", "score",
     "model_score", "action", "is_flagged", "rules_fired", "reasons", "ruleset_version",
-    "model_version", "shadow_score", "shadow_model_version",
+    "model_version", "shadow_score", "shadow_model_version", "shadow_rules_fired",
 )  # fmt: skip
 _RFC3339 = "%Y-%m-%dT%H:%M:%S%.6fZ"
 _FLUSH_TIMEOUT_S = 30.0

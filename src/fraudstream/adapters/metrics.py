@@ -64,6 +64,8 @@ COUNTERS = {
     "workers' partitions, or before the committed offset).",
     f"{PREFIX}decisions_total": "Decided transactions by action.",
     f"{PREFIX}rule_hits_total": "Decided transactions on which a rule fired, by rule.",
+    f"{PREFIX}shadow_rule_hits_total": "Decided transactions on which a shadow rule fired"
+    " (recorded, never deciding), by rule.",
     f"{PREFIX}dead_letters_total": "Undecodable or invalid messages stored as dead letters.",
     f"{PREFIX}sink_retries_total": "Rounds of retrying the sinks that had not confirmed a batch.",
     f"{PREFIX}commit_failures_total": "Offset commits that failed (the batch is read again).",
@@ -112,6 +114,7 @@ class WorkerMetrics:
         decisions = self._counter("decisions_total", [*one, "action"])
         self._decisions = {action: decisions.labels(worker, action) for action in ACTIONS}
         self._rule_hits = self._counter("rule_hits_total", [*one, "rule"])
+        self._shadow_hits = self._counter("shadow_rule_hits_total", [*one, "rule"])
         self._batch_size = self._histogram("batch_size", BATCH_SIZE_BUCKETS)
         self._batch_seconds = self._histogram("batch_seconds", BATCH_SECONDS_BUCKETS)
         self._write_seconds = self._histogram("batch_write_seconds", BATCH_SECONDS_BUCKETS)
@@ -180,7 +183,8 @@ class WorkerMetrics:
 
     def batch_stored(self, frame: pl.DataFrame, dead_letters: int) -> None:
         """Count a batch every sink confirmed: `frame` with `action`, `rules_fired`,
-        `ingested_at`, `decided_at` and `ruleset_version`, as `ScoredBatch.frame` has them."""
+        `shadow_rules_fired`, `ingested_at`, `decided_at` and `ruleset_version`, as
+        `ScoredBatch.frame` has them."""
         messages = frame.height + dead_letters
         self._consumed.inc(messages)
         self._dead_letters.inc(dead_letters)
@@ -191,6 +195,8 @@ class WorkerMetrics:
             self._decisions[action].inc(count)
         for rule, count in _rule_hits(frame.get_column("rules_fired")):
             self._rule_hits.labels(self.worker, rule).inc(count)
+        for rule, count in _rule_hits(frame.get_column("shadow_rules_fired")):
+            self._shadow_hits.labels(self.worker, rule).inc(count)
         self.event_to_decision.observe_many(_latencies_s(frame))
         self._set_ruleset(frame.get_column("ruleset_version")[0])
 

@@ -58,8 +58,8 @@ TRANSACTION_COLUMNS: Final = (
     "mcc", "terminal_id", "amount", "currency", "country", "latitude", "longitude", "channel",
     "device_id", "ip", "score", "rule_score", "model_score", "action", "is_flagged",
     "rules_fired", "reasons", "is_late", "ruleset_version", "model_version",
-    "shadow_score", "shadow_model_version", "kafka_partition", "kafka_offset", "ingested_at",
-    "decided_at",
+    "shadow_score", "shadow_model_version", "shadow_rules_fired", "kafka_partition",
+    "kafka_offset", "ingested_at", "decided_at",
 )  # fmt: skip
 """What `transactions` stores from a scored frame (all but `stored_at`), in COPY order."""
 
@@ -73,7 +73,7 @@ FRAME_NAMES: Final = {"event_time": "timestamp"}
 """Stored columns whose name in the engine's frame differs."""
 
 _FRAME_COLUMNS: Final = tuple(FRAME_NAMES.get(column, column) for column in TRANSACTION_COLUMNS)
-_ARRAY_COLUMNS: Final = ("rules_fired", "reasons")
+_ARRAY_COLUMNS: Final = ("rules_fired", "reasons", "shadow_rules_fired")
 _UTC_DATETIME: Final = "%Y-%m-%d %H:%M:%S%.6f+00"
 
 _Connection = psycopg.Connection[TupleRow]

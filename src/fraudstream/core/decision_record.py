@@ -50,6 +50,8 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     model_version: str | None
     shadow_score: float | None
     shadow_model_version: str | None
+    shadow_rules_fired: list[str] = []
+    """Shadow rules that fired: recorded, never part of the decision."""
     decided_at: datetime
 
 
@@ -67,6 +69,7 @@ DECISION_TYPES: Final[dict[str, pl.DataType]] = {
     "model_version": pl.String(),
     "shadow_score": pl.Float64(),
     "shadow_model_version": pl.String(),
+    "shadow_rules_fired": pl.List(pl.String()),
 }
 """The decision columns a scored batch adds to its transactions, with their Polars types."""
 _CARRIED_SCHEMA: Final = {
@@ -102,9 +105,10 @@ def records(decisions: Decisions, decided_at: datetime) -> list[DecisionRecord]:
             model_version=decisions.model_version,
             shadow_score=shadow_score[i],
             shadow_model_version=decisions.shadow_model_version,
+            shadow_rules_fired=shadow_fired,
             decided_at=decided_at,
         )
-        for i, (transaction_id, action, flagged, late, fired, reasons) in enumerate(
+        for i, (transaction_id, action, flagged, late, fired, reasons, shadow_fired) in enumerate(
             zip(
                 decisions.transaction_ids,
                 decisions.action.tolist(),
@@ -112,6 +116,7 @@ def records(decisions: Decisions, decided_at: datetime) -> list[DecisionRecord]:
                 decisions.is_late.tolist(),
                 decisions.rules_fired.rows(),
                 decisions.reasons.rows(),
+                decisions.shadow_rules_fired.rows(),
                 strict=True,
             )
         )

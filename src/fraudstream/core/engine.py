@@ -49,6 +49,7 @@ DECISION_COLUMNS = (
     "model_version",
     "shadow_score",
     "shadow_model_version",
+    "shadow_rules_fired",
 )
 LATE_REASON = "late_event: arrived after the allowed lateness; stateful features are null"
 CARD_PRESENT = "card_present"
@@ -89,6 +90,7 @@ class Decisions:
         model_version: str | None,
         shadow_score: npt.NDArray[np.float64] | None = None,
         shadow_model_version: str | None = None,
+        shadow_rules_fired: _Lists | None = None,
     ) -> None:
         self._inputs = inputs
         self.rule_ids = rule_ids
@@ -103,6 +105,7 @@ class Decisions:
         self.model_version = model_version
         self.shadow_score = shadow_score
         self.shadow_model_version = shadow_model_version
+        self.shadow_rules_fired = shadow_rules_fired or _Lists.empty(inputs.rows)
         self._frame: pl.DataFrame | None = None
 
     @property
@@ -160,6 +163,7 @@ class Decisions:
             pl.Series("model_version", [self.model_version] * rows, dtype=pl.String),
             _optional_scores("shadow_score", self.shadow_score, rows),
             pl.Series("shadow_model_version", [self.shadow_model_version] * rows, pl.String),
+            self.shadow_rules_fired.to_series("shadow_rules_fired"),
         ]
 
 
@@ -176,6 +180,10 @@ class _Lists:
 
     values: list[str]
     counts: npt.NDArray[np.int32]
+
+    @classmethod
+    def empty(cls, rows: int) -> _Lists:
+        return cls([], np.zeros(rows, dtype=np.int32))
 
     def row(self, index: int) -> list[str]:
         start = int(self.counts[:index].sum())
@@ -363,7 +371,18 @@ class Engine:
             model_version=self._model.version if self._model else None,
             shadow_score=shadow_score,
             shadow_model_version=self._shadow.version if self._shadow else None,
+            shadow_rules_fired=self._shadow_rules_fired(inputs),
         )
+
+    def _shadow_rules_fired(self, inputs: _BatchInputs) -> _Lists | None:
+        """Per row, the shadow rules that fired, in rule order; None when there are none."""
+        shadow = self._ruleset.shadow
+        if shadow is None:
+            return None
+        hits, _ = shadow.evaluate_batch(inputs)
+        _, columns = np.nonzero(hits)  # row-major: by row, then by rule
+        ids = shadow.rule_ids
+        return _Lists([ids[j] for j in columns.tolist()], hits.sum(axis=1, dtype=np.int32))
 
     def warm_up(self, config: FeatureConfig) -> None:
         """Score a two-row batch on a throwaway state, so that every compiled kernel is loaded

@@ -54,6 +54,7 @@ _RULE_COLUMNS: Final = {
     "hit_rate": st.column_config.NumberColumn("hit rate", format="percent"),
     "precision": st.column_config.NumberColumn(format="percent"),
 }
+_RULE_ORDER: Final = ("rule_id", "hits", "hit_rate", "precision", "labelled_hits")
 T = TypeVar("T")
 
 
@@ -134,9 +135,17 @@ def _live(database: Database, filters: Filters) -> None:
     left.subheader("Rules: hits and precision")
     left.dataframe(
         figures.rules, hide_index=True, key="rules", column_config=_RULE_COLUMNS, placeholder="-",
-        column_order=("rule_id", "hits", "hit_rate", "precision", "labelled_hits"),
+        column_order=_RULE_ORDER,
     )  # fmt: skip
     left.caption("precision: confirmed fraud among the labelled hits (-: none labelled)")
+    left.subheader("Shadow rules: recorded, never deciding")
+    if figures.shadow_rules.is_empty():
+        left.caption("No shadow rule fired in this range.")
+    else:
+        left.dataframe(
+            figures.shadow_rules, hide_index=True, key="shadow_rules",
+            column_config=_RULE_COLUMNS, placeholder="-", column_order=_RULE_ORDER,
+        )  # fmt: skip
     right.plotly_chart(charts.score_chart(figures.scores), key="scores")
     st.subheader("Where flagged transactions happen")
     if figures.points.is_empty():

@@ -8,8 +8,9 @@ bounded range reads only its rows; "all" reads the table. Feeds have a LIMIT.
 
 Figures the period report has too (headline counts, decisions by action, rules with their
 precision, the score histogram) are `reports.figures`' queries run with `Filters` as their
-scope; the rest are here. `read_figures` runs them in one read-only REPEATABLE READ snapshot,
-so the KPIs of one refresh add up while workers keep writing.
+scope; the rest (the shadow rules' hits and precision among them) are here. `read_figures`
+runs them in one read-only REPEATABLE READ snapshot, so the KPIs of one refresh add up while
+workers keep writing.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Figures:
     step_s: int
     feed: pl.DataFrame
     rules: pl.DataFrame
+    shadow_rules: pl.DataFrame
     scores: pl.DataFrame
     points: pl.DataFrame
 
@@ -159,6 +161,7 @@ def read_figures(connection: Connection, filters: Filters) -> Figures:
             step_s=step,
             feed=alert_feed(connection, filters),
             rules=top_rules(connection, filters, RULES_SHOWN, headline.transactions),
+            shadow_rules=shadow_rules(connection, filters, RULES_SHOWN),
             scores=score_distribution(connection, filters, SCORE_BINS),
             points=flagged_points(connection, filters),
         )
@@ -268,6 +271,30 @@ def flagged_points(
         "amount": pl.Float64(), "currency": pl.String(),
     }  # fmt: skip
     return _frame(connection, query, filters.params(limit=limit), schema)
+
+
+def shadow_rules(connection: Connection, filters: Filters, top: int) -> pl.DataFrame:
+    """The shadow rules that fired most on the decisions in scope (`shadow_rules_fired`: they
+    never moved a score or an action), as `reports.figures.top_rules` shows the live ones:
+    hit_rate = hits / the scope's decisions, precision = labelled-fraud hits / labelled hits
+    (null when none is labelled). The rule filter stays on the live `rules_fired`."""
+    query = _scoped(
+        "SELECT r.rule_id, count(*) AS hits,"
+        " count(*)::float8 / nullif((SELECT count(*) FROM transactions WHERE {scope}), 0),"
+        " count(l.transaction_id), count(*) FILTER (WHERE l.is_fraud),"
+        " (count(*) FILTER (WHERE l.is_fraud))::float8 / nullif(count(l.transaction_id), 0)"
+        " FROM (SELECT transaction_id, shadow_rules_fired FROM transactions"
+        "  WHERE {scope} AND cardinality(shadow_rules_fired) > 0) AS t"
+        " CROSS JOIN LATERAL unnest(t.shadow_rules_fired) AS r(rule_id)"
+        " LEFT JOIN labels l ON l.transaction_id = t.transaction_id"
+        ' GROUP BY r.rule_id ORDER BY hits DESC, r.rule_id COLLATE "C" LIMIT %(top)s',
+        filters,
+    )
+    schema = {
+        "rule_id": pl.String(), "hits": pl.Int64(), "hit_rate": pl.Float64(),
+        "labelled_hits": pl.Int64(), "labelled_fraud_hits": pl.Int64(), "precision": pl.Float64(),
+    }  # fmt: skip
+    return _frame(connection, query, filters.params(top=top), schema)
 
 
 def rule_ids(connection: Connection, span: timedelta | None) -> list[str]:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, Final, Protocol
 
 import msgspec
@@ -27,9 +28,12 @@ from fraudstream import __version__
 from fraudstream.adapters.api_keys import ApiKey
 from fraudstream.adapters.cases import CaseStore
 from fraudstream.adapters.lists import ListStore
+from fraudstream.adapters.rules_store import RuleStore
 from fraudstream.core.decision_record import DecisionRecord
 from fraudstream.core.errors import InvalidTransaction
 from fraudstream.core.events import Transaction, decode_transaction
+from fraudstream.core.rules import Rule, RulesetSpec
+from fraudstream.ml.rule_backtest import RuleBacktest
 from fraudstream.ports import SinkUnavailable
 from fraudstream.runners.api_auth import Authenticator, RateLimiter
 from fraudstream.runners.api_cases import add_case_routes
@@ -44,6 +48,7 @@ from fraudstream.runners.api_http import (
     require,
 )
 from fraudstream.runners.api_lists import add_list_routes
+from fraudstream.runners.api_rules import add_rule_routes
 from fraudstream.runners.api_scoring import NotReady, ReplayConflict, ScoringService
 
 log = logging.getLogger("fraudstream.api")
@@ -70,6 +75,11 @@ class Runtime(Protocol):
     registry: CollectorRegistry
     lists: ListStore
     cases: CaseStore
+    rules: RuleStore
+
+    def backtest_rule(
+        self, candidate: Rule, live: RulesetSpec, days: float, until: datetime | None
+    ) -> RuleBacktest: ...
 
     def ready(self) -> bool: ...
     def folded(self) -> int: ...
@@ -107,6 +117,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     _add_scoring(app, runtime)
     add_list_routes(app, runtime.lists)
     add_case_routes(app, runtime.cases)
+    add_rule_routes(app, runtime.rules, runtime.backtest_rule)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -123,4 +123,4 @@ def _guarded(change: Callable[[], _T]) -> _T:
         if error.field is None:
             raise ApiError(404, "not_found", str(error)) from None
         raise ApiError(422, "invalid_list_entry", str(error),
-                       [FieldError(error.field, str(error))]) from None  # fmt: skip
+                       [FieldError(f"body.{error.field}", str(error))]) from None  # fmt: skip

@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import uvicorn
 from confluent_kafka import Producer
@@ -24,11 +25,15 @@ from fraudstream.adapters.api_keys import KeyStore
 from fraudstream.adapters.cases import CaseStore
 from fraudstream.adapters.kafka import PRODUCER_DEFAULTS
 from fraudstream.adapters.kafka_sinks import new_consumer
-from fraudstream.adapters.lists import ListStore
+from fraudstream.adapters.lists import ListReader, ListStore
+from fraudstream.adapters.rules_store import RuleStore
 from fraudstream.adapters.stored_decisions import StoredDecisions
 from fraudstream.config import Settings
 from fraudstream.core.decision_record import DecisionRecord, decision_key
+from fraudstream.core.engine import available_columns
 from fraudstream.core.features import FeatureConfig
+from fraudstream.core.rules import Rule, RulesetSpec
+from fraudstream.ml.rule_backtest import RuleBacktest, run_rule_backtest
 from fraudstream.runners.api_app import create_app
 from fraudstream.runners.api_auth import Authenticator, RateLimiter
 from fraudstream.runners.api_fold import StreamFollower
@@ -41,6 +46,7 @@ from fraudstream.runners.serve import (
     model_signing_key,
     postgres_url,
     prepare_pipeline,
+    rules_base,
 )
 from fraudstream.runners.stream_state import StreamState
 
@@ -76,6 +82,8 @@ class ApiRuntime:
         self._stored = StoredDecisions(url)
         self.lists = ListStore(url)
         self.cases = CaseStore(url)
+        self.rules = RuleStore(url, available_columns(config), rules_base(settings, config))
+        self._url = url
         self.registry = CollectorRegistry()
         batch_sizes = Histogram(
             "fraudstream_api_score_batch_size", "Requests scored as one batch",
@@ -120,6 +128,21 @@ class ApiRuntime:
 
     def ready(self) -> bool:
         return self.follower.ready.is_set()
+
+    def backtest_rule(
+        self, candidate: Rule, live: RulesetSpec, days: float, until: datetime | None
+    ) -> RuleBacktest:
+        """Replay `days` of stored transactions up to `until` (default: now) with `candidate`
+        beside `live`, with the lists in force now (blocking: run it on a worker thread)."""
+        reader = ListReader(self._url)
+        try:
+            lists = reader.snapshot()
+        finally:
+            reader.close()
+        return run_rule_backtest(
+            self._url, live, candidate, days=days, now=until or datetime.now(UTC), lists=lists,
+            config=self._config,
+        )  # fmt: skip
 
     def folded(self) -> int:
         return self.follower.folded

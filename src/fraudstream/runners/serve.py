@@ -20,17 +20,19 @@ from fraudstream.adapters.postgres import PostgresSink
 from fraudstream.adapters.postgres_schema import migrate
 from fraudstream.adapters.redis_state import CheckpointStore
 from fraudstream.adapters.rules_file import RulesFile
+from fraudstream.adapters.rules_store import RuleReader
 from fraudstream.config import KafkaChannelSettings, Settings, SettingsError
 from fraudstream.core.alerting import AlertRoute, AlertRouting, Severity
 from fraudstream.core.decision_record import decision_key
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.features import FeatureConfig
-from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
+from fraudstream.core.rules import RulesetSpec, load_default_ruleset_text, parse_ruleset
 from fraudstream.ml.inputs import model_inputs
 from fraudstream.ml.signing import signing_key
 from fraudstream.ports import Sink
 from fraudstream.runners.list_watcher import ListWatcher
 from fraudstream.runners.models import ModelWatcher
+from fraudstream.runners.rule_watcher import RulesetWatcher
 from fraudstream.runners.stream_state import StreamState
 from fraudstream.runners.worker import Worker, WorkerTotals
 from fraudstream.runners.worker_metrics import WorkerTelemetry
@@ -54,34 +56,53 @@ def prepare_pipeline(settings: Settings) -> None:
 
 
 def engine_source(settings: Settings, config: FeatureConfig) -> Callable[[], Engine]:
-    """The current engine: its ruleset reloaded from `worker.rules_file` when that changes,
-    its live and shadow models from the `models` table, and its allow and deny lists from
-    `list_entries`, when those change."""
-    columns = available_columns(config)
-    path = settings.worker.rules_file
-    rules = None if path is None else RulesFile(path, columns)
-    ruleset = (
-        compile_ruleset(parse_ruleset(load_default_ruleset_text()), columns)
-        if rules is None
-        else rules.current
-    )
-    engine = Engine(ruleset)
+    """The current engine: its ruleset the rules file (`worker.rules_file`, else the shipped
+    rules) merged with the database's managed rules, reloaded when either changes; its live and
+    shadow models from the `models` table, and its allow and deny lists from `list_entries`,
+    when those change."""
+    rules = ruleset_watcher(settings, config)
+    engine = Engine(rules.current)
     models = model_watcher(settings, config)
     lists = ListWatcher(ListReader(_postgres_url(settings)), settings.lists.poll_interval_s)
 
     def current() -> Engine:
-        if rules is not None:
-            result = rules.poll()
-            if result.reloaded:
-                engine.ruleset = rules.current
-                log.info("ruleset %s -> %s", result.previous_version, result.version)
-            elif result.failed:
-                log.error("ruleset change rejected, keeping %s: %s", result.version, result.error)
+        rules.poll(engine)
         models.poll(engine)
         lists.poll(engine)
         return engine
 
     return current
+
+
+def ruleset_watcher(settings: Settings, config: FeatureConfig) -> RulesetWatcher:
+    """The rules file (or the shipped rules) and the pipeline database's managed rules."""
+    columns = available_columns(config)
+    path = settings.worker.rules_file
+    return RulesetWatcher(
+        columns,
+        parse_ruleset(load_default_ruleset_text()),
+        None if path is None else RulesFile(path, columns),
+        RuleReader(_postgres_url(settings)),
+        settings.rules.poll_interval_s,
+    )
+
+
+def rules_base(settings: Settings, config: FeatureConfig) -> Callable[[], RulesetSpec]:
+    """The spec managed rules are merged into, as it is now: the rules file's last good
+    version (reloaded when it changes), else the shipped rules. Safe to call from threads."""
+    shipped = parse_ruleset(load_default_ruleset_text())
+    path = settings.worker.rules_file
+    if path is None:
+        return lambda: shipped
+    rules_file = RulesFile(path, available_columns(config))
+    lock = threading.Lock()
+
+    def base() -> RulesetSpec:
+        with lock:
+            rules_file.poll()
+            return rules_file.current.spec
+
+    return base
 
 
 def model_watcher(settings: Settings, config: FeatureConfig) -> ModelWatcher:

@@ -161,11 +161,15 @@ class _FiredIds:
 
 
 class CompiledRuleset:
-    """The enabled rules of a spec as ready-made Polars expressions. Immutable once built."""
+    """The enabled rules of a spec as ready-made Polars expressions. Immutable once built.
+
+    The spec's shadow rules are compiled apart, as `shadow`: the engine evaluates them beside
+    the live rules and records their hits, but they never move a score or an action.
+    """
 
     __slots__ = (
         "_columns_used", "_compiled", "_exprs", "_fired", "_in_polars", "_programs_set",
-        "_rules", "_spec",
+        "_rules", "_shadow", "_spec",
     )  # fmt: skip
 
     def __init__(
@@ -173,8 +177,10 @@ class CompiledRuleset:
         spec: RulesetSpec,
         compiled: Sequence[tuple[Rule, pl.Expr, RuleProgram | None]],
         columns_used: frozenset[str],
+        shadow: CompiledRuleset | None = None,
     ) -> None:
         self._spec = spec
+        self._shadow = shadow
         self._rules = tuple(rule for rule, _, _ in compiled)
         self._exprs = tuple(expr for _, expr, _ in compiled)
         programs = [program for _, _, program in compiled]
@@ -191,6 +197,11 @@ class CompiledRuleset:
     @property
     def version(self) -> str:
         return self._spec.version
+
+    @property
+    def shadow(self) -> CompiledRuleset | None:
+        """The shadow rules, or None when the spec has none."""
+        return self._shadow
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -295,23 +306,34 @@ class CompiledRuleset:
 def compile_ruleset(
     spec: RulesetSpec, available_columns: Mapping[str, pl.DataType]
 ) -> CompiledRuleset:
-    """Compile the enabled rules of `spec` against the columns they may read.
+    """Compile the enabled rules of `spec` (its shadow rules apart) against the columns they
+    may read.
 
     Raises `RuleError` naming the first rule that cannot be parsed, names an unknown column,
     depends on other rows, or does not yield a Boolean. Disabled rules are not compiled.
     """
     schema = dict(available_columns)
+    shadow = None
+    if spec.shadow_rules:
+        shadow = _compiled(spec, spec.shadow_rules, schema)
+    return _compiled(spec, spec.enabled_rules, schema, shadow)
+
+
+def _compiled(
+    spec: RulesetSpec,
+    rules: tuple[Rule, ...],
+    schema: dict[str, pl.DataType],
+    shadow: CompiledRuleset | None = None,
+) -> CompiledRuleset:
     empty = pl.DataFrame(schema=schema)
     nulls = empty.clear(2)
     compiled: list[tuple[Rule, pl.Expr, RuleProgram | None]] = []
     used: set[str] = set()
-    for rule in spec.rules:
-        if not rule.enabled:
-            continue
+    for rule in rules:
         expr = _compile_rule(rule, schema, empty, nulls)
         used.update(expr.meta.root_names())
         compiled.append((rule, expr, _numpy_program(rule, schema)))
-    return CompiledRuleset(spec, compiled, frozenset(used))
+    return CompiledRuleset(spec, compiled, frozenset(used), shadow)
 
 
 def _numpy_program(rule: Rule, schema: Mapping[str, pl.DataType]) -> RuleProgram | None:

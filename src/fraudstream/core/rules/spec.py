@@ -49,6 +49,7 @@ _RULE_KEYS: Final = (
     "version",
     "severity",
     "tags",
+    "shadow",
 )
 _REQUIRED_RULE_KEYS: Final = ("id", "description", "expression", "score")
 _RULESET_KEYS: Final = ("version", "rules")
@@ -60,7 +61,8 @@ class Rule:
     """One rule: a SQL boolean expression over a transaction's columns and features.
 
     `score` is the rule's weight in points (0 to 100) when it fires; `action` is the least the
-    decision should be when it fires. Construction validates every field.
+    decision should be when it fires. An enabled `shadow` rule is evaluated on every decision
+    and recorded, but never moves a score or an action. Construction validates every field.
     """
 
     id: str
@@ -72,6 +74,7 @@ class Rule:
     version: int = 1
     severity: Severity = "medium"
     tags: tuple[str, ...] = ()
+    shadow: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.tags, list):
@@ -91,7 +94,7 @@ class Rule:
             "version": self.version,
             "severity": self.severity,
             "tags": list(self.tags),
-        }
+        } | ({"shadow": True} if self.shadow else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,13 @@ class RulesetSpec:
 
     @property
     def enabled_rules(self) -> tuple[Rule, ...]:
-        return tuple(rule for rule in self.rules if rule.enabled)
+        """The rules that decide: enabled and not in shadow."""
+        return tuple(rule for rule in self.rules if rule.enabled and not rule.shadow)
+
+    @property
+    def shadow_rules(self) -> tuple[Rule, ...]:
+        """The rules evaluated and recorded beside the decision, never moving it."""
+        return tuple(rule for rule in self.rules if rule.enabled and rule.shadow)
 
     def rule(self, rule_id: str) -> Rule:
         for rule in self.rules:
@@ -155,6 +164,8 @@ def _check_rule(rule: Rule) -> None:
         raise RuleError(rule_id, f"action must be one of {', '.join(ACTIONS)}; got {rule.action!r}")
     if not isinstance(rule.enabled, bool):
         raise RuleError(rule_id, f"enabled must be true or false, got {_type_name(rule.enabled)}")
+    if not isinstance(rule.shadow, bool):
+        raise RuleError(rule_id, f"shadow must be true or false, got {_type_name(rule.shadow)}")
     version = rule.version
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise RuleError(rule_id, f"version must be an integer >= 1, got {version!r}")
@@ -304,6 +315,7 @@ def _parse_rule(raw: object, position: int) -> Rule:
         version=cast(int, values.get("version", 1)),
         severity=cast(Severity, values.get("severity", "medium")),
         tags=tuple(tags_raw),
+        shadow=cast(bool, values.get("shadow", False)),
     )
 
 
