@@ -7,23 +7,37 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import psycopg
 import pytest
+from confluent_kafka import Producer
 from pipeline_helpers import MALFORMED, TestPipeline, fresh_pipeline, wait_for
 from pyspark.sql import SparkSession
 
 from fraudstream.adapters.kafka import TransactionProducer
 from fraudstream.config import Settings, load_settings
+from fraudstream.core.decision_record import (
+    DECISION_HEADER,
+    SIGNATURE_HEADER,
+    DecisionRecord,
+    decision_key,
+    encode,
+    sign,
+)
 from fraudstream.generator import GeneratorConfig, generate
+from fraudstream.generator.output import encode_json_lines
 from fraudstream.runners.local import worker_environment
-from fraudstream.runners.serve import prepare_pipeline
+from fraudstream.runners.serve import model_signing_key, prepare_pipeline
 from fraudstream.runners.spark_job import BatchSinks, spark_session, start_query
 from fraudstream.stack import Endpoints
 
-TRANSACTIONS = 3_000
+GENERATED = 3_000
+API_DECIDED = 4
+"""Transactions the scoring API decided and published with its signed decision (one forged)."""
+TRANSACTIONS = GENERATED + API_DECIDED
 DECIDED_COLUMNS = (
     "transaction_id", "score", "rule_score", "action", "is_flagged", "is_late", "rules_fired",
     "reasons", "kafka_partition", "kafka_offset",
@@ -48,7 +62,7 @@ def scored_by_worker(
 ) -> Iterator[tuple[TestPipeline, pl.DataFrame, list[tuple[object, ...]]]]:
     """A labelled stream with malformed messages in it, on a topic of four partitions, scored
     by two worker processes: the reference every Spark run is compared with."""
-    stream = generate(GeneratorConfig(seed=5, n_transactions=TRANSACTIONS, n_customers=300, days=1))
+    stream = generate(GeneratorConfig(seed=5, n_transactions=GENERATED, n_customers=300, days=1))
     tmp_path = tmp_path_factory.mktemp("worker")
     with fresh_pipeline(endpoints, tmp_path, state="memory") as pipeline:
         producer = TransactionProducer(endpoints.kafka, pipeline.settings.kafka.transactions_topic)
@@ -56,13 +70,44 @@ def scored_by_worker(
         producer.publish(stream.transactions.head(half))
         pipeline.publish_raw(MALFORMED)
         producer.publish(stream.transactions.slice(half))
+        carried = _publish_api_decided(pipeline, stream.transactions.slice(half, API_DECIDED))
         workers = pipeline.workers(2)
         workers.start()
         try:
             wait_for(lambda: pipeline.holds(TRANSACTIONS, len(MALFORMED)), 120, "the workers' rows")
         finally:
             assert workers.stop() == [0, 0]
-        yield pipeline, _decided(pipeline.postgres_url), pipeline.query(LETTERS)
+        decided = _decided(pipeline.postgres_url)
+        kept = decided.filter(pl.col("transaction_id").is_in(carried)).get_column("rules_fired")
+        assert kept.to_list().count(["api_only"]) == API_DECIDED - 1, "the worker keeps them"
+        yield pipeline, decided, pipeline.query(LETTERS)
+
+
+def _publish_api_decided(pipeline: TestPipeline, rows: pl.DataFrame) -> list[str]:
+    """Copies of `rows` as the scoring API publishes them: the transaction with its (made-up,
+    never what the rules say) decision in a signed header; the first one's signature forged."""
+    key = decision_key(model_signing_key(pipeline.settings))
+    renamed = rows.with_columns(pl.col("transaction_id") + "-api")
+    producer = Producer(pipeline.endpoints.kafka)
+    for number, (value, transaction_id, card) in enumerate(zip(
+        encode_json_lines(renamed), renamed.get_column("transaction_id"),
+        renamed.get_column("card_ref"), strict=True,
+    )):  # fmt: skip
+        record = DecisionRecord(
+            transaction_id=transaction_id, action="decline", score=97.5, rule_score=97.5,
+            model_score=None, is_flagged=True, is_late=False, rules_fired=["api_only"],
+            reasons=["api_only: decided at the API"], ruleset_version="api-1",
+            model_version=None, shadow_score=None, shadow_model_version=None,
+            decided_at=datetime.now(UTC),
+        )  # fmt: skip
+        raw = encode(record)
+        mac = sign(b"not the key" if number == 0 else key, value, raw)
+        producer.produce(
+            pipeline.settings.kafka.transactions_topic, value=value, key=card.encode(),
+            headers=[(DECISION_HEADER, raw), (SIGNATURE_HEADER, mac)],
+        )  # fmt: skip
+    assert producer.flush(30) == 0
+    return renamed.get_column("transaction_id").to_list()
 
 
 def _decided(url: str) -> pl.DataFrame:
@@ -88,6 +133,7 @@ def _spark_settings(
             "dead_letters_topic": f"{name}-dead-letters",
         },
         postgres={"url": database},
+        models={"signing_key": model_signing_key(base).decode()},
         redis={"url": base.redis.url.get_secret_value() if base.redis.url else None},
         stack={"data_dir": tmp_path / "stack"},
         spark={"checkpoint_dir": str(tmp_path / "checkpoint"), **spark},

@@ -3,6 +3,9 @@ it hands Spark and gets back, the source's offset planning and options."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import msgspec
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -14,6 +17,7 @@ from fraudstream.adapters.spark_kafka import (
     limited_ends,
 )
 from fraudstream.config import load_settings
+from fraudstream.core.decision_record import DecisionRecord, encode, sign
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.features import FeatureConfig
 from fraudstream.core.rules import compile_ruleset, load_default_ruleset_text, parse_ruleset
@@ -22,6 +26,7 @@ from fraudstream.generator.output import encode_json_lines
 from fraudstream.runners.scoring_step import score_arrivals
 from fraudstream.runners.spark_job import source_options, spark_ddl
 from fraudstream.runners.spark_scoring import (
+    INPUT_COLUMNS,
     OUTPUT_SCHEMA,
     SCORED_SCHEMA,
     StreamFold,
@@ -55,9 +60,32 @@ def log_rows() -> pd.DataFrame:
     for number, (partition, value) in enumerate(zip(partitions, values, strict=True)):
         offset = offsets.get(partition, 0)
         offsets[partition] = offset + 1
-        rows.append((0, partition, offset, 1_700_000_000_000 + number, value, False))
-    columns = ["fold", "partition", "offset", "timestamp_ms", "value", "end_of_log"]
-    return pd.DataFrame(rows, columns=columns)
+        decision, mac = _signed(value, number)
+        rows.append((0, partition, offset, 1_700_000_000_000 + number, value, False, decision, mac))
+    return pd.DataFrame(rows, columns=list(INPUT_COLUMNS))
+
+
+KEY = b"k" * 32
+CARRIED = range(300, 900, 60)
+"""Rows the scoring API decided (signed), among them the 2nd with a forged signature."""
+FORGED = CARRIED[1]
+
+
+def _signed(value: bytes, number: int) -> tuple[bytes | None, bytes | None]:
+    """The scoring API's headers for row `number`, if it is one the API decided."""
+    if number not in CARRIED:
+        return None, None
+    transaction_id = msgspec.json.decode(value)["transaction_id"]
+    record = DecisionRecord(
+        transaction_id=transaction_id, action="decline", score=99.0, rule_score=99.0,
+        model_score=None, is_flagged=True, is_late=False, rules_fired=["api_only"],
+        reasons=["api_only: decided at the API"], ruleset_version="api-1", model_version=None,
+        shadow_score=None, shadow_model_version=None, shadow_rules_fired=["api_shadow"],
+        decided_at=datetime(2026, 11, 24, tzinfo=UTC),
+    )  # fmt: skip
+    raw = encode(record)
+    mac = sign(KEY, value, raw)
+    return raw, (b"forged" + mac[6:] if number == FORGED else mac)
 
 
 def _fold_in_parts(engine: Engine, rows: pd.DataFrame, cuts: list[int]) -> pl.DataFrame:
@@ -70,7 +98,7 @@ def _fold_in_parts(engine: Engine, rows: pd.DataFrame, cuts: list[int]) -> pl.Da
         start = 0 if number == 0 else bounds[number - 1]
         part = rows.iloc[start:stop].copy()
         part["end_of_log"] = number == len(bounds) - 1
-        fold = StreamFold.load(FeatureConfig(), TOPIC, blob)
+        fold = StreamFold.load(FeatureConfig(), TOPIC, blob, KEY)
         fold.add(part)
         released = fold.release()
         if released:
@@ -91,6 +119,27 @@ def test_a_fold_saved_between_micro_batches_scores_as_one_pass(
     assert whole.get_column("score").sum() > 0
     in_parts = _fold_in_parts(engine, log_rows, [200, 650, 701, 1_200])
     assert in_parts.equals(whole)
+
+
+def test_decisions_the_api_signed_are_kept_and_forged_ones_rescored(
+    engine: Engine, log_rows: pd.DataFrame
+) -> None:
+    """Cut so that carried messages are held in the saved fold between micro-batches."""
+    scored = _fold_in_parts(engine, log_rows, [301, 361, 421, 701, 841])
+    ids = {int(n): msgspec.json.decode(log_rows.iloc[n]["value"])["transaction_id"]
+           for n in CARRIED}  # fmt: skip
+    by_id = {row["transaction_id"]: row for row in scored.iter_rows(named=True)}
+    for number, transaction_id in ids.items():
+        row = by_id[transaction_id]
+        if number == FORGED:
+            assert row["rules_fired"] != ["api_only"], "a forged signature decides nothing"
+        else:
+            assert (row["action"], row["score"], row["rules_fired"]) == (
+                "decline",
+                99.0,
+                ["api_only"],
+            ), number
+    assert scored.get_column("rules_fired").to_list().count(["api_only"]) == len(ids) - 1
 
 
 def test_messages_a_partition_has_not_caught_up_with_are_held(log_rows: pd.DataFrame) -> None:

@@ -4,8 +4,9 @@ Spark's own `kafka` format lives in the spark-sql-kafka jar, which comes from Ma
 needs nothing but confluent-kafka. It takes the built-in format's options (`subscribe`,
 `kafka.bootstrap.servers` and any other `kafka.*` client setting, `startingOffsets`,
 `maxOffsetsPerTrigger`) and gives its columns (`key`, `value`, `topic`, `partition`, `offset`,
-`timestamp`, `timestampType`), so a job switches between the two by the format name alone. One
-more column, `end_of_log`, says that a row's partition had nothing after this micro-batch's range
+`timestamp`, `timestampType`, and `headers` as the built-in format gives them with
+`includeHeaders`), so a job switches between the two by the format name alone. One more column,
+`end_of_log`, says that a row's partition had nothing after this micro-batch's range
 when the batch was planned: what lets the scorer release the events it holds back for event-time
 order at the end of a backlog instead of waiting for more data.
 
@@ -49,8 +50,10 @@ from fraudstream.adapters.kafka_sinks import topic_partitions
 SOURCE_NAME = "fraudstream_kafka"
 SCHEMA = (
     "key binary, value binary, topic string, partition int, offset long, "
-    "timestamp timestamp, timestampType int, end_of_log boolean"
+    "timestamp timestamp, timestampType int, headers array<struct<key: string, value: binary>>, "
+    "end_of_log boolean"
 )
+_HEADER = pa.struct([("key", pa.string()), ("value", pa.binary())])
 _ARROW_SCHEMA = pa.schema(
     [
         ("key", pa.binary()),
@@ -60,6 +63,7 @@ _ARROW_SCHEMA = pa.schema(
         ("offset", pa.int64()),
         ("timestamp", pa.timestamp("us", tz="UTC")),
         ("timestampType", pa.int32()),
+        ("headers", pa.list_(_HEADER)),
         ("end_of_log", pa.bool_()),
     ]
 )
@@ -289,7 +293,9 @@ def _read_range(consumer: Consumer, topic: str, part: KafkaRange) -> Iterator[pa
                 position = part.end
                 break
             kind, millis = message.timestamp()
-            rows.append((message.key(), message.value(), offset, millis * 1000, kind))
+            rows.append(
+                (message.key(), message.value(), offset, millis * 1000, kind, _headers(message))
+            )
             position = offset + 1
             deadline = time.monotonic() + _TIMEOUT_S
         if len(rows) >= _ROWS_PER_BATCH or (rows and position >= part.end):
@@ -298,7 +304,7 @@ def _read_range(consumer: Consumer, topic: str, part: KafkaRange) -> Iterator[pa
 
 
 def _record_batch(rows: list[tuple[Any, ...]], topic: str, part: KafkaRange) -> pa.RecordBatch:
-    keys, values, offsets, micros, kinds = zip(*rows, strict=True)
+    keys, values, offsets, micros, kinds, headers = zip(*rows, strict=True)
     n = len(rows)
     return pa.RecordBatch.from_arrays(
         [
@@ -309,7 +315,16 @@ def _record_batch(rows: list[tuple[Any, ...]], topic: str, part: KafkaRange) -> 
             pa.array(offsets, pa.int64()),
             pa.array(micros, pa.timestamp("us", tz="UTC")),
             pa.array(kinds, pa.int32()),
+            pa.array(headers, pa.list_(_HEADER)),
             pa.array([part.end_of_log] * n, pa.bool_()),
         ],
         schema=_ARROW_SCHEMA,
     )
+
+
+def _headers(message: Any) -> list[dict[str, Any]] | None:
+    """A message's headers as the built-in format's `headers` column holds them (None: none)."""
+    found = message.headers()
+    if not found:
+        return None
+    return [{"key": key, "value": value} for key, value in found]

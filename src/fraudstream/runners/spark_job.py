@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from fraudstream.config import Settings
+from fraudstream.core.decision_record import DECISION_HEADER, SIGNATURE_HEADER
 from fraudstream.ports import SinkUnavailable
 from fraudstream.runners.batch_writer import BatchWriter
 from fraudstream.runners.serve import build_sinks, kafka_client
@@ -38,7 +39,7 @@ from fraudstream.runners.spark_scoring import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
 log = logging.getLogger("fraudstream.spark")
@@ -95,7 +96,11 @@ def spark_session(settings: Settings) -> SparkSession:
 def source_options(settings: Settings) -> dict[str, str]:
     """The source's options: the same names for the project's source and Spark's `kafka`."""
     kafka = settings.kafka
-    options = {"subscribe": kafka.transactions_topic, "startingOffsets": "earliest"}
+    options = {
+        "subscribe": kafka.transactions_topic,
+        "startingOffsets": "earliest",
+        "includeHeaders": "true",  # the scoring API's signed decisions travel in headers
+    }
     limit = settings.spark.max_offsets_per_trigger
     if limit is not None:
         options["maxOffsetsPerTrigger"] = str(limit)
@@ -130,6 +135,12 @@ def source_frame(session: SparkSession, settings: Settings) -> DataFrame:
     frame = session.readStream.format(fmt).options(**source_options(settings)).load()
     if "end_of_log" not in frame.columns:  # Spark's own source cannot say
         frame = frame.withColumn("end_of_log", F.lit(None).cast("boolean"))
+
+    def header(name: str) -> Column:
+        """The value of header `name` (the first, if repeated), or null."""
+        named = F.filter("headers", lambda h: h.getField("key") == F.lit(name))
+        return F.try_element_at(named, F.lit(1)).getField("value")
+
     return frame.select(
         F.lit(0).alias("fold"),
         "partition",
@@ -137,6 +148,8 @@ def source_frame(session: SparkSession, settings: Settings) -> DataFrame:
         F.unix_millis("timestamp").alias("timestamp_ms"),
         "value",
         "end_of_log",
+        header(DECISION_HEADER).alias("decision"),
+        header(SIGNATURE_HEADER).alias("decision_mac"),
     ).select(*INPUT_COLUMNS)
 
 

@@ -35,7 +35,12 @@ import pandas as pd
 import polars as pl
 
 from fraudstream.config import Settings
-from fraudstream.core.decision_record import DECISION_TYPES
+from fraudstream.core.decision_record import (
+    DECISION_HEADER,
+    DECISION_TYPES,
+    SIGNATURE_HEADER,
+)
+from fraudstream.core.decision_record import decision_key as api_decision_key
 from fraudstream.core.engine import Engine
 from fraudstream.core.events import TRANSACTION_SCHEMA
 from fraudstream.core.features import FeatureConfig, FeatureState
@@ -46,8 +51,12 @@ from fraudstream.runners.scoring_step import decode_arrival, score_arrivals
 log = logging.getLogger("fraudstream.spark")
 
 STATE_SCHEMA = "fold binary"
-INPUT_COLUMNS = ("fold", "partition", "offset", "timestamp_ms", "value", "end_of_log")
-"""What the scoring step reads from the source frame (`spark_job.source_frame` selects it)."""
+INPUT_COLUMNS = (
+    "fold", "partition", "offset", "timestamp_ms", "value", "end_of_log", "decision",
+    "decision_mac",
+)  # fmt: skip
+"""What the scoring step reads from the source frame (`spark_job.source_frame` selects it;
+`decision` and `decision_mac` are the scoring API's signed decision headers, or null)."""
 DECISION, DEAD_LETTER = "decision", "dead_letter"
 SCORED_SCHEMA: dict[str, pl.DataType] = {
     **TRANSACTION_SCHEMA,
@@ -79,6 +88,14 @@ class LogRow:
     offset_no: int
     raw: bytes | None
     millis: int
+    decision: bytes | None = None
+    decision_mac: bytes | None = None
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        """The scoring API's decision headers, when the message has them."""
+        if self.decision is None or self.decision_mac is None:
+            return None
+        return [(DECISION_HEADER, self.decision), (SIGNATURE_HEADER, self.decision_mac)]
 
     def topic(self) -> str:
         return self.topic_name
@@ -99,9 +116,13 @@ class LogRow:
 class StreamFold:
     """Feature state, held messages and read positions: what Spark keeps between batches."""
 
-    def __init__(self, config: FeatureConfig, topic: str) -> None:
+    def __init__(
+        self, config: FeatureConfig, topic: str, decision_key: bytes | None = None
+    ) -> None:
         self.config = config
         self.topic = topic
+        self.decision_key = decision_key
+        """Verifies the decisions the scoring API signed (those messages keep them)."""
         self.features = FeatureState(config)
         self.aligner = EventTimeAligner(max_buffered=1 << 62)
         self.next_offsets: dict[int, int] = {}
@@ -111,14 +132,18 @@ class StreamFold:
         a partition's last folded offset (a source that read it twice) is skipped."""
         rows = rows.sort_values(["partition", "offset"], kind="stable")
         ends: dict[int, bool] = {}
-        columns = ("partition", "offset", "timestamp_ms", "value", "end_of_log")
-        for p, o, millis, value, at_end in zip(*(rows[c].tolist() for c in columns), strict=True):
+        columns = INPUT_COLUMNS[1:]
+        for p, o, millis, value, at_end, decision, mac in zip(
+            *(rows[c].tolist() for c in columns), strict=True
+        ):
             if o < self.next_offsets.get(p, 0):
                 continue
             self.next_offsets[p] = o + 1
             key = (self.topic, p)
-            row = LogRow(self.topic, p, o, None if value is None else bytes(value), int(millis))
-            self.aligner.add(key, decode_arrival(row, self.aligner.frontier(key), 0.0))
+            row = LogRow(self.topic, p, o, _bytes(value), int(millis), _bytes(decision),
+                         _bytes(mac))  # fmt: skip
+            frontier = self.aligner.frontier(key)
+            self.aligner.add(key, decode_arrival(row, frontier, 0.0, self.decision_key))
             ends[p] = True if at_end is None or pd.isna(at_end) else bool(at_end)
         for p, at_end in ends.items():
             self.aligner.reached_end((self.topic, p), at_end)
@@ -146,9 +171,10 @@ class StreamFold:
         arrays["h/offset"] = np.array([a.message.offset() or 0 for _, a in held], np.int64)
         arrays["h/event_us"] = np.array([a.event_us for _, a in held], dtype=np.int64)
         arrays["h/millis"] = np.array([a.message.timestamp()[1] for _, a in held], np.int64)
-        values = [a.message.value() for _, a in held]
-        arrays["h/length"] = np.array([-1 if v is None else len(v) for v in values], np.int64)
-        arrays["h/bytes"] = np.frombuffer(b"".join(v or b"" for v in values), dtype=np.uint8)
+        messages = [a.message for _, a in held]
+        _pack(arrays, "h", [m.value() for m in messages])
+        _pack(arrays, "h/decision", [getattr(m, "decision", None) for m in messages])
+        _pack(arrays, "h/decision_mac", [getattr(m, "decision_mac", None) for m in messages])
         arrays["n/partition"] = np.array(list(self.next_offsets), dtype=np.int64)
         arrays["n/offset"] = np.array(list(self.next_offsets.values()), dtype=np.int64)
         buffer = io.BytesIO()
@@ -156,8 +182,14 @@ class StreamFold:
         return buffer.getvalue()
 
     @classmethod
-    def load(cls, config: FeatureConfig, topic: str, blob: bytes | None) -> StreamFold:
-        fold = cls(config, topic)
+    def load(
+        cls,
+        config: FeatureConfig,
+        topic: str,
+        blob: bytes | None,
+        decision_key: bytes | None = None,
+    ) -> StreamFold:
+        fold = cls(config, topic, decision_key)
         if blob is None:
             return fold
         with np.load(io.BytesIO(blob), allow_pickle=False) as saved:
@@ -168,7 +200,7 @@ class StreamFold:
         fold.next_offsets = dict(
             zip(arrays["n/partition"].tolist(), arrays["n/offset"].tolist(), strict=True)
         )
-        held = _held_arrivals(topic, arrays)
+        held = _held_arrivals(topic, arrays, decision_key)
         for p, frontier, at_end in zip(
             arrays["a/partition"].tolist(), arrays["a/frontier"].tolist(),
             arrays["a/at_end"].tolist(), strict=True,
@@ -177,22 +209,49 @@ class StreamFold:
         return fold
 
 
-def _held_arrivals(topic: str, arrays: dict[str, np.ndarray]) -> dict[int, list[Arrival]]:
+def _held_arrivals(
+    topic: str, arrays: dict[str, np.ndarray], decision_key: bytes | None
+) -> dict[int, list[Arrival]]:
     """The held messages, decoded again, each keeping the event time it was held under."""
     held: dict[int, list[Arrival]] = {}
-    data = arrays["h/bytes"].tobytes()
-    start = 0
-    for p, offset, event_us, millis, length in zip(
+    values = _unpack(arrays, "h")
+    count = len(values)
+    decisions = _unpack(arrays, "h/decision") or [None] * count  # a fold saved by an older version
+    macs = _unpack(arrays, "h/decision_mac") or [None] * count
+    for p, offset, event_us, millis, raw, decision, mac in zip(
         arrays["h/partition"].tolist(), arrays["h/offset"].tolist(),
-        arrays["h/event_us"].tolist(), arrays["h/millis"].tolist(), arrays["h/length"].tolist(),
+        arrays["h/event_us"].tolist(), arrays["h/millis"].tolist(), values, decisions, macs,
         strict=True,
     ):  # fmt: skip
-        raw = None if length < 0 else data[start : start + length]
-        start += max(length, 0)
         # A decoded message takes its own event time again; a rejected one the saved one.
-        row = LogRow(topic, p, offset, raw, millis)
-        held.setdefault(p, []).append(decode_arrival(row, event_us, 0.0))
+        row = LogRow(topic, p, offset, raw, millis, decision, mac)
+        held.setdefault(p, []).append(decode_arrival(row, event_us, 0.0, decision_key))
     return held
+
+
+def _pack(arrays: dict[str, np.ndarray], prefix: str, values: list[bytes | None]) -> None:
+    """Byte strings (or None) as two plain arrays: lengths (-1: None) and the bytes."""
+    arrays[f"{prefix}/length"] = np.array([-1 if v is None else len(v) for v in values], np.int64)
+    arrays[f"{prefix}/bytes"] = np.frombuffer(b"".join(v or b"" for v in values), dtype=np.uint8)
+
+
+def _unpack(arrays: dict[str, np.ndarray], prefix: str) -> list[bytes | None]:
+    if f"{prefix}/length" not in arrays:
+        return []
+    data = arrays[f"{prefix}/bytes"].tobytes()
+    found: list[bytes | None] = []
+    start = 0
+    for length in arrays[f"{prefix}/length"].tolist():
+        found.append(None if length < 0 else data[start : start + length])
+        start += max(length, 0)
+    return found
+
+
+def _bytes(value: Any) -> bytes | None:
+    """A binary cell as Spark's pandas frames hold it (bytes, bytearray, None or NaN)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return bytes(value)
 
 
 def output_frame(batch: ScoredBatch) -> pd.DataFrame:
@@ -249,6 +308,13 @@ def _engine(settings: Settings, config: FeatureConfig) -> Engine:
     return _ENGINES[key]()
 
 
+def _decision_key(settings: Settings) -> bytes:
+    """The key the scoring API signs its decisions with (the deployment's signing key's)."""
+    from fraudstream.runners.serve import model_signing_key  # noqa: PLC0415 - Spark workers only
+
+    return api_decision_key(model_signing_key(settings))
+
+
 ScoreFunction = Callable[[Any, Iterator[pd.DataFrame], Any], Iterator[pd.DataFrame]]
 
 
@@ -261,7 +327,8 @@ def score_stream(topic: str, settings: Settings) -> ScoreFunction:
         # pandas 2 warns about a future change that does not touch typed Arrow output.
         warnings.filterwarnings("ignore", _CONCAT_WARNING, FutureWarning)
         config = FeatureConfig()
-        fold = StreamFold.load(config, topic, state.get[0] if state.exists else None)
+        saved = state.get[0] if state.exists else None
+        fold = StreamFold.load(config, topic, saved, _decision_key(settings))
         for frame in frames:
             fold.add(frame)
         released = fold.release()
