@@ -17,6 +17,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from fraudstream.adapters.api_keys import audit
+from fraudstream.adapters.revisions import RevisionReader
 from fraudstream.core.errors import ConfigError, FraudstreamError
 from fraudstream.core.lists import ENTITIES, LIST_KINDS, Entity, ListEntry, ListKind, ListSnapshot
 from fraudstream.core.lists import list_value as canonical_value
@@ -45,7 +46,6 @@ _REMOVE: Final = sql.SQL(
 _BUMP: Final = (
     "UPDATE revisions SET revision = revision + 1 WHERE name = 'lists' RETURNING revision"
 )
-_REVISION: Final = "SELECT revision FROM revisions WHERE name = 'lists'"
 _IN_FORCE: Final = (
     "SELECT list, entity, value, expires_at FROM list_entries"
     " WHERE removed_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
@@ -218,36 +218,21 @@ class ListStore:
         return None if row is None else _entry(row)
 
 
-class ListReader:
-    """What a runner polls: the lists' revision, and the entries in force at a revision. Keeps
-    one connection open; a database error propagates and the next call reconnects."""
+class ListReader(RevisionReader):
+    """What a runner polls: the lists' revision, and the entries in force at a revision."""
 
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._connection: _Connection | None = None
-
-    def _open(self) -> _Connection:
-        if self._connection is None or self._connection.closed or self._connection.broken:
-            self._connection = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
-        return self._connection
-
-    def revision(self) -> int:
-        row = self._open().execute(_REVISION).fetchone()
-        return 0 if row is None else int(row[0])
+        super().__init__(url, "lists")
 
     def snapshot(self) -> ListSnapshot:
         """The entries in force and the revision they are of, read in one snapshot."""
         connection = self._open()
         with connection.transaction():
             connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            revision_row = connection.execute(_REVISION).fetchone()
+            revision = self.revision(connection)
             rows = connection.execute(_IN_FORCE).fetchall()
         entries = [
             ListEntry.expiring(kind, entity, value, expires)
             for kind, entity, value, expires in rows
         ]
-        return ListSnapshot(entries, revision=0 if revision_row is None else int(revision_row[0]))
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
+        return ListSnapshot(entries, revision=revision)

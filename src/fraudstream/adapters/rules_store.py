@@ -21,6 +21,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from fraudstream.adapters.api_keys import audit
+from fraudstream.adapters.revisions import RevisionReader
 from fraudstream.adapters.rule_stats import RuleFigures, RuleWindow, rule_figures
 from fraudstream.core.errors import FraudstreamError, RuleError
 from fraudstream.core.rules import Action, Rule, RulesetSpec, Severity, compile_ruleset
@@ -306,33 +307,17 @@ def _differences(before: RuleState, after: RuleState) -> dict[str, list[object]]
     }
 
 
-class RuleReader:
-    """What a runner polls: the rules' revision, and the managed rules at a revision. Keeps one
-    connection open; a database error propagates and the next call reconnects."""
+class RuleReader(RevisionReader):
+    """What a runner polls: the rules' revision, and the managed rules at a revision."""
 
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._connection: _Connection | None = None
-
-    def _open(self) -> _Connection:
-        if self._connection is None or self._connection.closed or self._connection.broken:
-            self._connection = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
-        return self._connection
-
-    def revision(self) -> int:
-        row = self._open().execute(_REVISION).fetchone()
-        return 0 if row is None else int(row[0])
+        super().__init__(url, "rules")
 
     def managed(self) -> tuple[int, list[ManagedRule]]:
         """The revision and the current managed rules, read in one snapshot."""
         connection = self._open()
         with connection.transaction():
             connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            revision_row = connection.execute(_REVISION).fetchone()
+            revision = self.revision(connection)
             rows = connection.execute(_CURRENT).fetchall()
-        revision = 0 if revision_row is None else int(revision_row[0])
         return revision, [_state(row).managed() for row in rows]
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
