@@ -248,11 +248,8 @@ class RuleStore:
 
     def live_spec(self) -> RulesetSpec:
         """The spec runners score with now: the rules file merged with the managed rules."""
-        with self._connect() as connection, connection.transaction():
-            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            revision_row = connection.execute(_REVISION).fetchone()
-            managed = [_state(row).managed() for row in connection.execute(_CURRENT).fetchall()]
-        revision = 0 if revision_row is None else int(revision_row[0])
+        with self._connect() as connection:
+            revision, managed = managed_snapshot(connection)
         return merged_spec(self._base(), managed, revision)
 
     def _file_rule(self, rule_id: str) -> RuleState:
@@ -315,9 +312,14 @@ class RuleReader(RevisionReader):
 
     def managed(self) -> tuple[int, list[ManagedRule]]:
         """The revision and the current managed rules, read in one snapshot."""
-        connection = self._open()
-        with connection.transaction():
-            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            revision = self.revision(connection)
-            rows = connection.execute(_CURRENT).fetchall()
-        return revision, [_state(row).managed() for row in rows]
+        return managed_snapshot(self._open())
+
+
+def managed_snapshot(connection: _Connection) -> tuple[int, list[ManagedRule]]:
+    """The rules' revision and the current managed rules, read in one snapshot."""
+    with connection.transaction():
+        connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        revision_row = connection.execute(_REVISION).fetchone()
+        rows = connection.execute(_CURRENT).fetchall()
+    revision = 0 if revision_row is None else int(revision_row[0])
+    return revision, [_state(row).managed() for row in rows]
