@@ -46,7 +46,7 @@ from fraudstream.runners.serve import (
     model_signing_key,
     postgres_url,
     prepare_pipeline,
-    rules_base,
+    ruleset_watcher,
 )
 from fraudstream.runners.stream_state import StreamState
 
@@ -82,7 +82,9 @@ class ApiRuntime:
         self._stored = StoredDecisions(url)
         self.lists = ListStore(url)
         self.cases = CaseStore(url)
-        self.rules = RuleStore(url, available_columns(config), rules_base(settings, config))
+        rules = ruleset_watcher(settings, config)
+        # The store sees the rules file as the engine last loaded it (read, never polled, here).
+        self.rules = RuleStore(url, available_columns(config), lambda: rules.base)
         self._url = url
         self.registry = CollectorRegistry()
         batch_sizes = Histogram(
@@ -90,7 +92,7 @@ class ApiRuntime:
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self._config = config
-        self._engine = engine_source(settings, config)
+        self._engine = engine_source(settings, config, rules)
         self.service = ScoringService(
             follower=self.follower,
             engine=self._engine,

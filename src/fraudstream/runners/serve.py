@@ -26,7 +26,7 @@ from fraudstream.core.alerting import AlertRoute, AlertRouting, Severity
 from fraudstream.core.decision_record import decision_key
 from fraudstream.core.engine import Engine, available_columns
 from fraudstream.core.features import FeatureConfig
-from fraudstream.core.rules import RulesetSpec, load_default_ruleset_text, parse_ruleset
+from fraudstream.core.rules import load_default_ruleset_text, parse_ruleset
 from fraudstream.ml.inputs import model_inputs
 from fraudstream.ml.signing import signing_key
 from fraudstream.ports import Sink
@@ -55,12 +55,14 @@ def prepare_pipeline(settings: Settings) -> None:
     migrate(_postgres_url(settings))
 
 
-def engine_source(settings: Settings, config: FeatureConfig) -> Callable[[], Engine]:
+def engine_source(
+    settings: Settings, config: FeatureConfig, rules: RulesetWatcher | None = None
+) -> Callable[[], Engine]:
     """The current engine: its ruleset the rules file (`worker.rules_file`, else the shipped
-    rules) merged with the database's managed rules, reloaded when either changes; its live and
-    shadow models from the `models` table, and its allow and deny lists from `list_entries`,
-    when those change."""
-    rules = ruleset_watcher(settings, config)
+    rules) merged with the database's managed rules, reloaded when either changes (by `rules`,
+    made from the settings when not given); its live and shadow models from the `models`
+    table, and its allow and deny lists from `list_entries`, when those change."""
+    rules = rules or ruleset_watcher(settings, config)
     engine = Engine(rules.current)
     models = model_watcher(settings, config)
     lists = ListWatcher(ListReader(_postgres_url(settings)), settings.lists.poll_interval_s)
@@ -85,24 +87,6 @@ def ruleset_watcher(settings: Settings, config: FeatureConfig) -> RulesetWatcher
         RuleReader(_postgres_url(settings)),
         settings.rules.poll_interval_s,
     )
-
-
-def rules_base(settings: Settings, config: FeatureConfig) -> Callable[[], RulesetSpec]:
-    """The spec managed rules are merged into, as it is now: the rules file's last good
-    version (reloaded when it changes), else the shipped rules. Safe to call from threads."""
-    shipped = parse_ruleset(load_default_ruleset_text())
-    path = settings.worker.rules_file
-    if path is None:
-        return lambda: shipped
-    rules_file = RulesFile(path, available_columns(config))
-    lock = threading.Lock()
-
-    def base() -> RulesetSpec:
-        with lock:
-            rules_file.poll()
-            return rules_file.current.spec
-
-    return base
 
 
 def model_watcher(settings: Settings, config: FeatureConfig) -> ModelWatcher:
