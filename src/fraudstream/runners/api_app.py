@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any, Final, Protocol
 
 import msgspec
-from fastapi import Depends, FastAPI, Header, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -30,15 +30,13 @@ from fraudstream.adapters.cases import CaseStore
 from fraudstream.adapters.lists import ListStore
 from fraudstream.adapters.rules_store import RuleStore
 from fraudstream.core.decision_record import DecisionRecord
-from fraudstream.core.errors import InvalidTransaction
-from fraudstream.core.events import Transaction, decode_transaction
+from fraudstream.core.events import Transaction
 from fraudstream.core.rules import Rule, RulesetSpec
 from fraudstream.ml.rule_backtest import RuleBacktest
 from fraudstream.ports import SinkUnavailable
 from fraudstream.runners.api_auth import Authenticator, RateLimiter
 from fraudstream.runners.api_cases import add_case_routes
 from fraudstream.runners.api_http import (
-    JSON,
     ApiError,
     FieldError,
     Problem,
@@ -49,7 +47,9 @@ from fraudstream.runners.api_http import (
 )
 from fraudstream.runners.api_lists import add_list_routes
 from fraudstream.runners.api_rules import add_rule_routes
-from fraudstream.runners.api_scoring import NotReady, ReplayConflict, ScoringService
+from fraudstream.runners.api_score_route import documentation as score_documentation
+from fraudstream.runners.api_score_route import score_route
+from fraudstream.runners.api_scoring import ScoringService
 
 log = logging.getLogger("fraudstream.api")
 
@@ -150,55 +150,7 @@ def _add_health(app: FastAPI, runtime: Runtime) -> None:
 
 
 def _add_scoring(app: FastAPI, runtime: Runtime) -> None:
-    score_body = {"required": True, **content("Transaction")}
-
-    @app.post(
-        "/v1/transactions/score",
-        tags=["scoring"],
-        openapi_extra={"requestBody": score_body},
-        responses={
-            200: {
-                "description": "The decision. A replay gets the first answer, with the"
-                " header Idempotent-Replayed: true.",
-                **content("DecisionRecord"),
-            },
-            **problems(401, 403, 422, 429, 503),
-        },
-    )
-    async def score(
-        request: Request,
-        _: Annotated[ApiKey, Depends(require("score"))],
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                alias="Idempotency-Key",
-                min_length=1,
-                max_length=255,
-                description="Makes a retry return the first answer; else the transaction id does.",
-            ),
-        ] = None,
-    ) -> Response:
-        """Score one transaction against the stream's state, record it, return the decision."""
-        try:
-            transaction = decode_transaction(await request.body())
-        except InvalidTransaction as error:
-            raise ApiError(
-                422, "invalid_transaction", f"{error.field}: {error.reason}",
-                [FieldError(error.field, error.reason)],
-            ) from None  # fmt: skip
-        try:
-            answer = await runtime.service.score(transaction, idempotency_key)
-        except ReplayConflict as error:
-            field = "Idempotency-Key" if idempotency_key else "transaction_id"
-            raise ApiError(
-                422, "replay_conflict", str(error), [FieldError(field, str(error))]
-            ) from None
-        except NotReady as error:
-            raise ApiError(503, "not_ready", str(error), headers={"Retry-After": "1"}) from None
-        except SinkUnavailable as error:
-            raise ApiError(503, "unavailable", str(error), headers={"Retry-After": "1"}) from None
-        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
-        return Response(answer.body, 200, headers, media_type=JSON)
+    app.router.routes.append(score_route(runtime, runtime.service))
 
     @app.get(
         "/v1/transactions/{transaction_id}",
@@ -312,8 +264,9 @@ class _Timing:
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
+        routes = [*app.routes, *score_documentation().routes]
         schema = get_openapi(
-            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            title=app.title, version=app.version, summary=app.summary, routes=routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(_SCHEMAS)

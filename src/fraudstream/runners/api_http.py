@@ -12,6 +12,7 @@ import psycopg
 from fastapi import Request, Security
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers, QueryParams
 
 from fraudstream.adapters.api_keys import ApiKey
 from fraudstream.runners.api_auth import Authenticator, RateLimiter, allows
@@ -93,40 +94,59 @@ def require(permission: str | None) -> Callable[..., Awaitable[ApiKey]]:
         header_key: Annotated[str | None, Security(_api_key_header)],
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> ApiKey:
-        if len(request.query_params) != len(request.query_params.multi_items()):
-            repeated = sorted({k for k, _ in request.query_params.multi_items()
-                               if len(request.query_params.getlist(k)) > 1})  # fmt: skip
-            raise ApiError(
-                422, "invalid_request", f"query parameters given more than once: {repeated}",
-                [FieldError(name, "given more than once") for name in repeated],
-            )  # fmt: skip
+        refuse_repeated(request.query_params)
         presented = header_key or (bearer.credentials if bearer else None)
-        if not presented:
-            raise ApiError(
-                401, "unauthenticated", "an API key is required (X-API-Key or Bearer)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
-        runtime: Guard = request.app.state.runtime
-        try:
-            key = await runtime.auth.key(presented)
-        except psycopg.Error:
-            raise ApiError(503, "unavailable", "cannot check API keys now") from None
-        if key is None:
-            raise ApiError(
-                401, "unauthenticated", "unknown or revoked API key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
-        if permission is not None and not allows(key, permission):
-            raise ApiError(403, "forbidden", f"role {key.role} may not {permission}")
-        wait_s = runtime.limiter.wait_s(key.id, key.rate_limit_per_s)
-        if wait_s:
-            raise ApiError(
-                429, "rate_limited", f"over {key.rate_limit_per_s:g} requests/s for this key",
-                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
-            )  # fmt: skip
-        return key
+        return await authorize(request.app.state.runtime, presented, permission)
 
     return dependency
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key a request presents, as `require`'s two schemes read it: `X-API-Key`, else
+    `Authorization: Bearer <key>`."""
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    return credentials if scheme.lower() == "bearer" and credentials else None
+
+
+def refuse_repeated(query: QueryParams) -> None:
+    """A query parameter given twice is refused, not silently read once."""
+    if len(query) != len(query.multi_items()):
+        repeated = sorted({k for k, _ in query.multi_items() if len(query.getlist(k)) > 1})
+        raise ApiError(
+            422, "invalid_request", f"query parameters given more than once: {repeated}",
+            [FieldError(name, "given more than once") for name in repeated],
+        )  # fmt: skip
+
+
+async def authorize(guard: Guard, presented: str | None, permission: str | None) -> ApiKey:
+    """The stored key for `presented`, when it exists, may `permission` (None: whatever its
+    role) and is within its rate limit; else the `ApiError` saying which of these failed."""
+    if not presented:
+        raise ApiError(
+            401, "unauthenticated", "an API key is required (X-API-Key or Bearer)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    try:
+        key = await guard.auth.key(presented)
+    except psycopg.Error:
+        raise ApiError(503, "unavailable", "cannot check API keys now") from None
+    if key is None:
+        raise ApiError(
+            401, "unauthenticated", "unknown or revoked API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    if permission is not None and not allows(key, permission):
+        raise ApiError(403, "forbidden", f"role {key.role} may not {permission}")
+    wait_s = guard.limiter.wait_s(key.id, key.rate_limit_per_s)
+    if wait_s:
+        raise ApiError(
+            429, "rate_limited", f"over {key.rate_limit_per_s:g} requests/s for this key",
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+        )  # fmt: skip
+    return key
 
 
 def database_call(call: Callable[[], _T]) -> _T:

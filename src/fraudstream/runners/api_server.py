@@ -39,6 +39,7 @@ from fraudstream.runners.api_auth import Authenticator, RateLimiter
 from fraudstream.runners.api_fold import StreamFollower
 from fraudstream.runners.api_publish import DecisionPublisher
 from fraudstream.runners.api_scoring import ReplayMemory, ScoringService, ScoringTotals
+from fraudstream.runners.heap import freeze_startup_heap
 from fraudstream.runners.serve import (
     checkpoint_store,
     engine_source,
@@ -159,6 +160,7 @@ class ApiRuntime:
     async def start(self) -> None:
         """Load the engine's kernels, start folding the stream, and start scoring."""
         await asyncio.to_thread(self._engine().warm_up, self._config)
+        freeze_startup_heap()
         self.follower.start(self._stop)
         self.service.start()
         log.info("scoring API %s started", self.origin)

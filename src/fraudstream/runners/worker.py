@@ -45,6 +45,7 @@ from fraudstream.core.engine import Engine
 from fraudstream.ports import ScoredBatch, Sink
 from fraudstream.runners.alignment import Arrival, EventTimeAligner
 from fraudstream.runners.batch_writer import BatchWriter, InFlight
+from fraudstream.runners.heap import freeze_startup_heap
 from fraudstream.runners.scoring_step import decode_arrival, score_arrivals
 from fraudstream.runners.stream_state import StreamState
 
@@ -142,9 +143,7 @@ class Worker:
         first (unless a sink is down, when it is left uncommitted to be read again)."""
         # Kernels load (or, on a machine's first run, compile) while the group is joined; the
         # first batch waits for them, so no transaction's latency includes loading them.
-        warm_up = threading.Thread(
-            target=self._engine().warm_up, args=(self.state.config,), name="warm-up", daemon=True
-        )
+        warm_up = threading.Thread(target=self._warm_up, name="warm-up", daemon=True)
         warm_up.start()
         self._group.subscribe(
             [self._topic],
@@ -191,6 +190,10 @@ class Worker:
             self._reader.close()
             self._writer.close()
         return self.totals
+
+    def _warm_up(self) -> None:
+        self._engine().warm_up(self.state.config)
+        freeze_startup_heap()
 
     def _settle_before_leaving(self, stop: threading.Event) -> None:
         try:
