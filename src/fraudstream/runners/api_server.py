@@ -71,7 +71,10 @@ class ApiRuntime:
         memory = ReplayMemory(api.replay_memory)
         self.follower = StreamFollower(
             reader=new_consumer(
-                kafka, f"{settings.worker.group_id}.api", settings.worker.session_timeout_ms
+                kafka,
+                f"{settings.worker.group_id}.api",
+                settings.worker.session_timeout_ms,
+                **{"fetch.wait.max.ms": api.fold_fetch_wait_ms, "fetch.min.bytes": 1 << 20},
             ),
             topic=settings.kafka.transactions_topic,
             state=StreamState(config, checkpoints=checkpoint_store(settings), worker="api"),
