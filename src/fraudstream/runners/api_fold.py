@@ -58,6 +58,7 @@ class StreamFollower:
         self._topic = topic
         self.state = state
         self._origin = origin.encode()
+        self._own = (ORIGIN_HEADER, self._origin)
         self._decision_key = decision_key
         self._remember = remember
         self._max_batch = max_batch
@@ -129,9 +130,10 @@ class StreamFollower:
                 else:
                     log.warning("reader: %s", error)
                 continue
-            headers = dict(message.headers() or ())
-            if headers.get(ORIGIN_HEADER) == self._origin:
-                continue  # scored here, and folded then
+            raw_headers = message.headers() or []
+            if self._own in raw_headers:
+                continue  # scored here, and folded then (most of what the API reads: kept cheap)
+            headers = dict(raw_headers)
             arrival = decode_arrival(
                 message, self._aligner.frontier(key), time.monotonic(), self._decision_key
             )
