@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 
 import httpx
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from fraudstream.adapters.api_keys import KeyStore
 from fraudstream.config import load_settings
@@ -47,6 +48,7 @@ from fraudstream.runners.serve import prepare_pipeline
 from fraudstream.stack import Stack
 
 HOST = "127.0.0.1"
+SCORED = "fraudstream_api_scored"
 
 
 class Client:
@@ -164,8 +166,8 @@ def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
 def scored(port: int) -> int:
     """Transactions the API scored, so published, during the run (warm-ups included)."""
     metrics = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5).text
-    line = next(x for x in metrics.splitlines() if x.startswith("fraudstream_api_scored_total"))
-    return int(float(line.split()[1]))
+    family = next(f for f in text_string_to_metric_families(metrics) if f.name == SCORED)
+    return int(family.samples[0].value)
 
 
 def free_port() -> int:

@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
@@ -60,13 +61,13 @@ class ScoreEndpoint:
         self._service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope)
-        if scope.get("query_string"):
-            refuse_repeated(QueryParams(scope["query_string"]))
-        await authorize(self._guard, presented_key(headers), "score")
-        idempotency_key = _idempotency_key(headers)
-        body = await _read_body(receive)
-        if body is None:
+        request = Request(scope, receive)
+        refuse_repeated(request.query_params)
+        await authorize(self._guard, presented_key(request.headers), "score")
+        idempotency_key = _idempotency_key(request.headers)
+        try:
+            body = await request.body()
+        except ClientDisconnect:
             return  # the client went away: nobody to answer, nothing scored
         try:
             transaction = decode_transaction(body)
@@ -117,18 +118,6 @@ def _idempotency_key(headers: Headers) -> str | None:
     )
     field = f"header.{IDEMPOTENCY_KEY}"
     raise ApiError(422, "invalid_request", f"{field}: {message}", [FieldError(field, message)])
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The request's body; None if the client disconnected first."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 def documentation() -> APIRouter:
