@@ -1,6 +1,6 @@
 """The pipeline end to end on the embedded stack, beside the seed-style consumer and the broker.
 
-    python bench/pipeline.py [--backlog 100000] [--workers 1] [--rate 2000] [--duration 60]
+    python bench/pipeline.py [--backlog 200000] [--workers 1] [--rate 2000] [--duration 60]
                              [--parts throughput,spark,seed,floor,latency]
 
 Four figures, one embedded stack, one JSON line:
@@ -40,17 +40,19 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import polars as pl
 import psycopg
 from confluent_kafka import Consumer
+from prometheus_client.parser import text_string_to_metric_families
 
 from fraudstream.adapters.kafka import TransactionProducer, ensure_topics
 from fraudstream.adapters.kafka_sinks import CONSUMER_DEFAULTS
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import GeneratorConfig, generate
 from fraudstream.runners.local import WorkerProcesses
-from fraudstream.runners.serve import prepare_pipeline
+from fraudstream.runners.serve import metrics_endpoints, prepare_pipeline
 from fraudstream.stack import Endpoints, Stack
 
 PARTS = ("throughput", "spark", "seed", "floor", "latency")
@@ -191,6 +193,8 @@ def latency(
         if not processes.wait_assigned(60):
             raise SystemExit("the worker did not get partitions")
         topic = settings.kafka.transactions_topic
+        sampler = WorkerSampler(settings, _window_s(duration))
+        sampler.start()
         TransactionProducer(endpoints.kafka, topic, tuning.linger_ms).publish(
             transactions, rate=rate
         )
@@ -198,9 +202,77 @@ def latency(
         deadline = time.monotonic() + 120
         while stored(url) < transactions.height and time.monotonic() < deadline:
             time.sleep(0.2)
+        sampler.stop()
     finally:
         processes.stop()
-    return {"rate": rate, "duration_s": duration, **_stored_percentiles(url, duration)}
+    return {
+        "rate": rate,
+        "duration_s": duration,
+        **_stored_percentiles(url, duration),
+        "worker_over_time": sampler.windows,
+    }
+
+
+class WorkerSampler(threading.Thread):
+    """Every `window_s`, what the worker's own metrics say about that window: batches, mean
+    time to fold and score one, mean time for the sinks to confirm one, and the feature
+    state's size. When latency drifts over a long run, these say which side moved."""
+
+    _SUMS = ("fraudstream_batch_seconds", "fraudstream_batch_write_seconds")
+
+    def __init__(self, settings: Settings, window_s: int) -> None:
+        super().__init__(daemon=True)
+        self._settings = settings
+        self._window_s = window_s
+        self._halt = threading.Event()
+        self.windows: list[dict] = []
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def run(self) -> None:
+        started, before = time.monotonic(), self._read()
+        while not self._halt.wait(self._window_s):
+            now = self._read()
+            if now and before:
+                self.windows.append(self._window(time.monotonic() - started, before, now))
+            before = now or before
+
+    def _window(self, at_s: float, before: dict, now: dict) -> dict:
+        batches = now["batches"] - before["batches"]
+        per_batch = {
+            name.removeprefix("fraudstream_").replace("seconds", "ms"): round(
+                1000 * (now[name] - before[name]) / batches, 1
+            )
+            for name in self._SUMS
+            if batches
+        }
+        return {
+            "t_s": round(at_s),
+            "batches": int(batches),
+            **per_batch,
+            "state_mb": round(now["state_bytes"] / 1e6, 1),
+        }
+
+    def _read(self) -> dict | None:
+        ports = list(metrics_endpoints(self._settings).values())
+        if not ports:
+            return None
+        try:
+            text = httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return None
+        found: dict = {"state_bytes": 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.removesuffix("_sum") in self._SUMS and sample.name.endswith("_sum"):
+                    found[sample.name.removesuffix("_sum")] = sample.value
+                elif sample.name == "fraudstream_batch_seconds_count":
+                    found["batches"] = sample.value
+                elif sample.name == "fraudstream_state_bytes":
+                    found["state_bytes"] = sample.value
+        return found if "batches" in found else None
 
 
 def _stored_percentiles(url: str, duration: float) -> dict:
@@ -292,7 +364,7 @@ def _percentiles(sent: np.ndarray, lag: np.ndarray, window: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--backlog", type=int, default=200_000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed-messages", type=int, default=3_000)
     parser.add_argument("--rate", type=float, default=2_000)

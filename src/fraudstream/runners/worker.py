@@ -95,7 +95,7 @@ class Worker:
         engine: Callable[[], Engine],
         state: StreamState,
         sinks: Sequence[Sink],
-        max_batch: int = 1000,
+        max_batch: int = 4000,
         max_wait_s: float = 0.05,
         backoff_max_s: float = 5.0,
         max_idle_s: float = 1.0,
