@@ -14,7 +14,9 @@ Four figures, one embedded stack, one JSON line:
 * latency at a steady `--rate` for `--duration` seconds: event published → decided (the
   worker's `decided_at` minus the Kafka message timestamp), p50/p99 overall and per window
   (10 s, or 60 s for runs over ten minutes: the embedded broker slows as a partition's log
-  grows, so one figure could hide a drift); beside it the broker's floor: the same rate
+  grows, so one figure could hide a drift), and per window what the worker's own metrics say
+  (`worker_over_time`: batches, mean ms to fold and score one and for the sinks to confirm
+  one, state size), so a drift can be placed; beside it the broker's floor: the same rate
   through the same producer settings to a plain consumer, published → consumed, no scoring.
 
 `--parts` runs only some of them. The steady runs spread the generated stream's event times
