@@ -58,6 +58,11 @@ from fraudstream.runners.serve import metrics_endpoints, prepare_pipeline
 from fraudstream.stack import Endpoints, Stack
 
 PARTS = ("throughput", "spark", "seed", "floor", "latency")
+PER_BATCH = {
+    "fraudstream_batch_seconds": "batch_ms",
+    "fraudstream_batch_write_seconds": "batch_write_ms",
+}
+"""Worker histograms whose mean per batch each latency window reports, under these names."""
 
 
 @dataclass(frozen=True)
@@ -220,8 +225,6 @@ class WorkerSampler(threading.Thread):
     time to fold and score one, mean time for the sinks to confirm one, and the feature
     state's size. When latency drifts over a long run, these say which side moved."""
 
-    _SUMS = ("fraudstream_batch_seconds", "fraudstream_batch_write_seconds")
-
     def __init__(self, settings: Settings, window_s: int) -> None:
         super().__init__(daemon=True)
         self._settings = settings
@@ -242,22 +245,17 @@ class WorkerSampler(threading.Thread):
             before = now or before
 
     def _window(self, at_s: float, before: dict, now: dict) -> dict:
-        batches = now["batches"] - before["batches"]
-        per_batch = {
-            name.removeprefix("fraudstream_").replace("seconds", "ms"): round(
-                1000 * (now[name] - before[name]) / batches, 1
-            )
-            for name in self._SUMS
-            if batches
-        }
-        return {
-            "t_s": round(at_s),
-            "batches": int(batches),
-            **per_batch,
-            "state_mb": round(now["state_bytes"] / 1e6, 1),
-        }
+        batches = now["fraudstream_batch_seconds_count"] - before["fraudstream_batch_seconds_count"]
+        figures: dict = {"t_s": round(at_s), "batches": int(batches)}
+        if batches:
+            for metric, name in PER_BATCH.items():
+                spent = now[f"{metric}_sum"] - before[f"{metric}_sum"]
+                figures[name] = round(1000 * spent / batches, 1)
+        figures["state_mb"] = round(now.get("fraudstream_state_bytes", 0.0) / 1e6, 1)
+        return figures
 
     def _read(self) -> dict | None:
+        """Every sample of the (one) worker's metrics by name; None while it serves none."""
         ports = list(metrics_endpoints(self._settings).values())
         if not ports:
             return None
@@ -265,16 +263,12 @@ class WorkerSampler(threading.Thread):
             text = httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5).text
         except httpx.HTTPError:
             return None
-        found: dict = {"state_bytes": 0.0}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name.removesuffix("_sum") in self._SUMS and sample.name.endswith("_sum"):
-                    found[sample.name.removesuffix("_sum")] = sample.value
-                elif sample.name == "fraudstream_batch_seconds_count":
-                    found["batches"] = sample.value
-                elif sample.name == "fraudstream_state_bytes":
-                    found["state_bytes"] = sample.value
-        return found if "batches" in found else None
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        return samples if "fraudstream_batch_seconds_count" in samples else None
 
 
 def _stored_percentiles(url: str, duration: float) -> dict:

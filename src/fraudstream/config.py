@@ -149,7 +149,7 @@ class WorkerSettings(BaseModel):
     batch is what arrived within `max_wait_ms`): there a batch's fixed costs (Polars steps,
     one Postgres transaction, one offset commit) are shared by more rows. Catching up on 200 k
     transactions, one worker stored 20.8 k tx/s at 1 000, 24.2 k at 2 000 and 25.8 k at 4 000
-    and at 8 000 (`bench/pipeline.py --parts throughput --backlog 200000`)."""
+    and at 8 000 (`FRAUDSTREAM_WORKER__MAX_BATCH=N python bench/pipeline.py --parts throughput`)."""
     max_wait_ms: int = Field(default=50, ge=1, le=60_000)
     """Longest a batch waits to fill up: the latency a quiet stream pays."""
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
