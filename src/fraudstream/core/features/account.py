@@ -21,7 +21,12 @@ from fraudstream.core.features.kernels import (
     EVICTED_LON,
     EVICTED_SEQ,
     EVICTED_TS,
+    LAST_LAT,
+    LAST_LOC_SEQ,
+    LAST_LOC_TS,
+    LAST_LON,
     LAST_TS,
+    N_FLOAT_COLUMNS,
     NEVER,
     SQUARES_HI,
     SQUARES_LO,
@@ -29,11 +34,29 @@ from fraudstream.core.features.kernels import (
     SUM_LO,
     US_PER_HOUR,
     US_PER_SECOND,
+    W_COUNT,
     drop_expired,
     haversine_km,
+    wcol,
 )
+from fraudstream.core.features.keys import KeyTable
 from fraudstream.core.features.moments import mean_and_variance, with_amount
-from fraudstream.core.features.pool import NO_CHUNK, Pool, append_event, claim_record
+from fraudstream.core.features.pool import (
+    NO_CHUNK,
+    NO_TIME,
+    PREV,
+    Pool,
+    append_event,
+    claim_record,
+)
+from fraudstream.core.features.sliding import (
+    add_event,
+    advance,
+    drop_old_events,
+    find_self,
+    move_windows,
+    newest_time,
+)
 
 MIN_STD = 1e-4
 """A deviation below a hundredth of a cent is no real spread (amounts equal up to rounding):
@@ -51,61 +74,24 @@ def account_width(n_windows: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _window_totals(
-    events: Pool,
+def _bucket_totals(
     buckets: Pool,
     ei: npt.NDArray[np.int64],
     s: int,
     t: int,
     amount: float,
-    txh: int,
     replay: bool,
     windows: npt.NDArray[np.int64],
     n_exact: int,
     bucket: int,
-    counts: npt.NDArray[np.float64],
-    sums: npt.NDArray[np.float64],
-    prev: npt.NDArray[np.int64],
-    prev_loc: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float64],
+    base: int,
 ) -> None:
-    """Window counts and sums, and the previous (located) event, in one walk of the history.
-
-    prev = [ts, seq] of the previous event; prev_loc = [ts, seq, lat, lon] of the previous
-    located one (as floats; ts of NEVER when there is none).
-    """
+    """Counts and sums of the bucketed (longer than a day) windows, from the bucket chain."""
     n_windows = windows.shape[0]
-    counts[:] = 0.0
-    sums[:] = 0.0
-    chunk = ei[s, EV_HEAD]
-    while chunk != NO_CHUNK:
-        for j in range(events.m[chunk, 0]):
-            if events.i[chunk, j, 1] == txh:
-                continue
-            e_ts = events.i[chunk, j, 0]
-            if e_ts > t:
-                continue
-            age = t - e_ts
-            for w in range(n_exact):
-                if age < windows[w]:
-                    counts[w] += 1.0
-                    sums[w] += events.f[chunk, j, 3]
-            seq = events.i[chunk, j, 2]
-            if e_ts > prev[0] or (e_ts == prev[0] and seq > prev[1]):
-                prev[0] = e_ts
-                prev[1] = seq
-            if not math.isnan(events.f[chunk, j, 4]) and (
-                e_ts > prev_loc[0] or (e_ts == prev_loc[0] and seq > prev_loc[1])
-            ):
-                prev_loc[0] = e_ts
-                prev_loc[1] = seq
-                prev_loc[2] = events.f[chunk, j, 4]
-                prev_loc[3] = events.f[chunk, j, 5]
-        chunk = events.m[chunk, 1]
-    for w in range(n_exact):
-        counts[w] += 1.0
-        sums[w] += amount
-    if n_windows == n_exact:
-        return
+    for w in range(n_exact, n_windows):
+        out[base + w] = 0.0
+        out[base + n_windows + w] = 0.0
     current = (t // bucket) * bucket
     chunk = ei[s, BK_HEAD]
     while chunk != NO_CHUNK:
@@ -115,13 +101,133 @@ def _window_totals(
                 continue
             for w in range(n_exact, n_windows):
                 if start > current - windows[w]:
-                    counts[w] += buckets.i[chunk, j, B_COUNT]
-                    sums[w] += buckets.f[chunk, j, B_SUM]
+                    out[base + w] += buckets.i[chunk, j, B_COUNT]
+                    out[base + n_windows + w] += buckets.f[chunk, j, B_SUM]
         chunk = buckets.m[chunk, 1]
     if not replay:  # a replayed event is already inside its bucket
         for w in range(n_exact, n_windows):
-            counts[w] += 1.0
-            sums[w] += amount
+            out[base + w] += 1.0
+            out[base + n_windows + w] += amount
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _exact_totals(
+    events: Pool,
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    t: int,
+    amount: float,
+    self_chunk: int,
+    self_j: int,
+    windows: npt.NDArray[np.int64],
+    n_exact: int,
+    out: npt.NDArray[np.float64],
+    base: int,
+    saved: npt.NDArray[np.float64],
+    pairs: KeyTable,
+    pair_counts: npt.NDArray[np.int64],
+) -> None:
+    """Counts and sums of the exact windows from the running totals (`sliding.py`).
+
+    For an event older than the entity's newest the totals are moved to its windows, read,
+    and put back as they were (`saved` holds them: putting back by subtraction could leave
+    float residue in the sums)."""
+    n_windows = windows.shape[0]
+    newest = newest_time(events, ei, s)
+    late = newest != NO_TIME and t < newest
+    if late:
+        for w in range(n_exact):
+            saved[w] = ei[s, wcol(w, W_COUNT)]
+            saved[n_exact + w] = ef[s, N_FLOAT_COLUMNS + w]
+        move_windows(events, ei, ef, s, t, windows, n_exact, pairs, pair_counts, False, 1)
+    else:
+        advance(events, ei, ef, s, t, windows, n_exact, pairs, pair_counts, False)
+    for w in range(n_exact):
+        count = float(ei[s, wcol(w, W_COUNT)])
+        total = ef[s, N_FLOAT_COLUMNS + w] + amount
+        if self_chunk == NO_CHUNK:
+            count += 1.0
+        else:  # a replay: its stored event stands for it
+            total -= events.f[self_chunk, self_j, 3]
+        out[base + w] = count
+        out[base + n_windows + w] = total
+    if late:
+        for w in range(n_exact):
+            ei[s, wcol(w, W_COUNT)] = int(saved[w])
+            ef[s, N_FLOAT_COLUMNS + w] = saved[n_exact + w]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _previous_events(
+    events: Pool,
+    ei: npt.NDArray[np.int64],
+    ef: npt.NDArray[np.float64],
+    s: int,
+    t: int,
+    txh: int,
+    self_chunk: int,
+    self_j: int,
+    prev: npt.NDArray[np.int64],
+    prev_loc: npt.NDArray[np.float64],
+) -> None:
+    """The previous event (prev = [ts, seq]) and previous located event (prev_loc = [ts,
+    seq, lat, lon] as floats, ts NEVER for none): the newest at or before t, not itself.
+
+    Walking back from the newest, the previous event is found past the events later than t
+    (none, unless this one is late). The previous located one is the entity's newest located
+    event unless that is later than t or is this very event; only then is it searched for.
+    """
+    prev[0] = ei[s, EVICTED_TS]
+    prev[1] = ei[s, EVICTED_SEQ]
+    tail = ei[s, EV_TAIL]
+    chunk, j = NO_CHUNK, 0
+    if tail != NO_CHUNK:
+        chunk, j = _newest_at_or_before(events, tail, events.m[tail, 0] - 1, t, txh)
+    if chunk != NO_CHUNK:
+        prev[0] = events.i[chunk, j, 0]
+        prev[1] = events.i[chunk, j, 2]
+    last_loc = ei[s, LAST_LOC_TS]
+    is_self = self_chunk != NO_CHUNK and ei[s, LAST_LOC_SEQ] == events.i[self_chunk, self_j, 2]
+    if last_loc != NO_TIME and last_loc <= t and not is_self:
+        prev_loc[0] = float(last_loc)
+        prev_loc[1] = float(ei[s, LAST_LOC_SEQ])
+        prev_loc[2] = ef[s, LAST_LAT]
+        prev_loc[3] = ef[s, LAST_LON]
+        return
+    while chunk != NO_CHUNK:
+        if not math.isnan(events.f[chunk, j, 4]):
+            prev_loc[0] = float(events.i[chunk, j, 0])
+            prev_loc[1] = float(events.i[chunk, j, 2])
+            prev_loc[2] = events.f[chunk, j, 4]
+            prev_loc[3] = events.f[chunk, j, 5]
+            return
+        chunk, j = _step_back(events, chunk, j)
+        chunk, j = _newest_at_or_before(events, chunk, j, t, txh)
+    has_evicted_loc = ei[s, EVICTED_LOC_TS] != NO_TIME
+    prev_loc[0] = float(ei[s, EVICTED_LOC_TS]) if has_evicted_loc else NEVER
+    prev_loc[1] = float(ei[s, EVICTED_LOC_SEQ])
+    prev_loc[2] = ef[s, EVICTED_LAT]
+    prev_loc[3] = ef[s, EVICTED_LON]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _step_back(events: Pool, chunk: int, j: int) -> tuple[int, int]:
+    """The position before (chunk, j) in the chain, or (NO_CHUNK, 0)."""
+    if j > 0:
+        return chunk, j - 1
+    chunk = events.m[chunk, PREV]
+    if chunk == NO_CHUNK:
+        return NO_CHUNK, 0
+    return chunk, int(events.m[chunk, 0] - 1)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _newest_at_or_before(events: Pool, chunk: int, j: int, t: int, txh: int) -> tuple[int, int]:
+    """From (chunk, j) backwards: the first event at or before t that is not `txh`."""
+    while chunk != NO_CHUNK and (events.i[chunk, j, 0] > t or events.i[chunk, j, 1] == txh):
+        chunk, j = _step_back(events, chunk, j)
+    return chunk, j
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -144,34 +250,28 @@ def account_features(
     base: int,
     scratch: npt.NDArray[np.float64],
     prev_scratch: npt.NDArray[np.int64],
+    pairs: KeyTable,
+    pair_counts: npt.NDArray[np.int64],
 ) -> None:
     """Write one paying entity's features for one event into out[base:base + width].
 
-    A null entity (slot -1) gets all-null features."""
+    A null entity (slot -1) gets all-null features. `pairs` and `pair_counts` are a place
+    kind's (the sliding-window helpers take them; paying entities never touch them)."""
     n_windows = windows.shape[0]
     if s < 0:
         out[base : base + account_width(n_windows)] = np.nan
         return
-    counts = scratch[:n_windows]
-    sums = scratch[n_windows : 2 * n_windows]
-    prev = prev_scratch
-    prev[0] = ei[s, EVICTED_TS]
-    prev[1] = ei[s, EVICTED_SEQ]
-    prev_loc = scratch[2 * n_windows : 2 * n_windows + 4]
-    has_evicted_loc = ei[s, EVICTED_LOC_TS] != np.iinfo(np.int64).min
-    prev_loc[0] = float(ei[s, EVICTED_LOC_TS]) if has_evicted_loc else NEVER
-    prev_loc[1] = float(ei[s, EVICTED_LOC_SEQ])
-    prev_loc[2] = ef[s, EVICTED_LAT]
-    prev_loc[3] = ef[s, EVICTED_LON]
-    _window_totals(
-        events, buckets, ei, s, t, amount, txh, replay, windows, n_exact, bucket,
-        counts, sums, prev, prev_loc,
+    self_chunk, self_j = find_self(events, ei, s, t, txh)
+    _exact_totals(
+        events, ei, ef, s, t, amount, self_chunk, self_j, windows, n_exact, out, base,
+        scratch, pairs, pair_counts,
     )  # fmt: skip
-    for w in range(n_windows):
-        out[base + w] = counts[w]
-        out[base + n_windows + w] = sums[w]
+    if n_windows > n_exact:
+        _bucket_totals(buckets, ei, s, t, amount, replay, windows, n_exact, bucket, out, base)
+    prev_loc = scratch[2 * n_windows : 2 * n_windows + 4]
+    _previous_events(events, ei, ef, s, t, txh, self_chunk, self_j, prev_scratch, prev_loc)
     _amount_profile(ei, ef, s, amount, replay, out, base + 2 * n_windows)
-    _previous_transaction(t, lat, lon, prev, prev_loc, out, base + 2 * n_windows + 3)
+    _previous_transaction(t, lat, lon, prev_scratch, prev_loc, out, base + 2 * n_windows + 3)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -242,12 +342,23 @@ def apply_account(
     bucket: int,
     event_horizon: int,
     bucket_horizon: int,
+    windows: npt.NDArray[np.int64],
+    n_exact: int,
+    pairs: KeyTable,
+    pair_counts: npt.NDArray[np.int64],
 ) -> None:
-    """Add an accepted event to a paying entity's history."""
-    drop_expired(events, ei, ef, s, EV_HEAD, event_horizon, True)
-    append_event(events, ei[s, EV_HEAD : EV_TAIL + 1], t, txh, seq, amount, lat, lon)
+    """Add an accepted event to a paying entity's history and its windows' totals."""
+    drop_old_events(events, ei, ef, s, event_horizon, n_exact, pairs, pair_counts, False)
+    newest = newest_time(events, ei, s)
+    chunk, j = append_event(events, ei[s, EV_HEAD : EV_TAIL + 1], t, txh, seq, amount, lat, lon)
+    add_event(events, chunk, j, ei, ef, s, newest, windows, n_exact, pairs, pair_counts, False)
+    if not math.isnan(lat) and t >= ei[s, LAST_LOC_TS]:
+        ei[s, LAST_LOC_TS] = t
+        ei[s, LAST_LOC_SEQ] = seq
+        ef[s, LAST_LAT] = lat
+        ef[s, LAST_LON] = lon
     if has_buckets:
-        drop_expired(buckets, ei, ef, s, BK_HEAD, bucket_horizon, False)
+        drop_expired(buckets, ei, s, BK_HEAD, bucket_horizon)
         _add_to_bucket(buckets, ei, s, (t // bucket) * bucket, amount)
     sums = with_amount(ef[s, SUM_HI], ef[s, SUM_LO], ef[s, SQUARES_HI], ef[s, SQUARES_LO],
                        amount, 1.0)  # fmt: skip

@@ -11,9 +11,11 @@ stream may still deliver them out of order).
   An event with `t < W - allowed_lateness` is *too late*: it is counted in the state's late
   counter, does not change the state, and all its stateful features are null (the state that
   would describe its moment may already have expired). Every other event is *accepted*.
-* An accepted event whose `transaction_id` is already in an entity's history is a *replay*: it
-  changes nothing. Its features are computed from the current state as if it were arriving now
-  (counting itself once), so a batch re-read after a crash gets back the same figures.
+* An accepted event whose `transaction_id` is already in its card's history (its customer's
+  when it has no card) at the same event time is a *replay*: it changes nothing. Its features
+  are computed from the current state as if it were arriving now (counting itself once), so a
+  batch re-read after a crash gets back the same figures. (A re-read message is the same
+  event, so its time is the same; looking only at that moment keeps the check cheap.)
 * History of an entity = the accepted, non-replayed events processed before, since its last
   reset. An entity is reset (forgotten) when an accepted event arrives more than `ttl` after
   the entity's latest event time.

@@ -27,10 +27,29 @@ from fraudstream.core.features.pool import (
 EV_HEAD, EV_TAIL, BK_HEAD, BK_TAIL, NV_HEAD, NV_TAIL = 0, 1, 2, 3, 4, 5
 LAST_TS, ACTIVE, COUNT = 6, 7, 8
 EVICTED_TS, EVICTED_SEQ, EVICTED_LOC_TS, EVICTED_LOC_SEQ = 9, 10, 11, 12
-N_INT_COLUMNS = 13
+LAST_LOC_TS, LAST_LOC_SEQ = 13, 14
+N_INT_COLUMNS = 15
+"""Columns every entity has; the sliding windows' columns follow (`window_columns`)."""
+W_COUNT, W_CURSOR, W_DISTINCT = 0, 1, 2
+W_STRIDE = 3
+"""Per exact window: events in it, the chunk its oldest event is in, distinct paying cards."""
 # Float entity columns.
 SUM_HI, SUM_LO, SQUARES_HI, SQUARES_LO, EVICTED_LAT, EVICTED_LON = 0, 1, 2, 3, 4, 5
-N_FLOAT_COLUMNS = 6
+LAST_LAT, LAST_LON = 6, 7
+N_FLOAT_COLUMNS = 8
+"""Columns every entity has; the sum of amounts in each exact window follows."""
+
+
+def window_columns(n_windows: int) -> tuple[int, int]:
+    """(int columns, float columns) of an entity row with `n_windows` sliding windows."""
+    return N_INT_COLUMNS + W_STRIDE * n_windows, N_FLOAT_COLUMNS + n_windows
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def wcol(w: int, field: int) -> int:
+    """The int column of field `field` (W_COUNT, ...) of sliding window `w`."""
+    return N_INT_COLUMNS + W_STRIDE * w + field
+
 
 # Parameters, one int64 array so the kernel signature stays short.
 P_LATENESS, P_TTL, P_BUCKET, P_EVENT_RETENTION, P_BUCKET_RETENTION = 0, 1, 2, 3, 4
@@ -63,6 +82,10 @@ def reset_entity(ei: npt.NDArray[np.int64], ef: npt.NDArray[np.float64], s: int)
     ei[s, EVICTED_SEQ] = NO_TIME
     ei[s, EVICTED_LOC_TS] = NO_TIME
     ei[s, EVICTED_LOC_SEQ] = NO_TIME
+    ei[s, LAST_LOC_TS] = NO_TIME
+    ei[s, LAST_LOC_SEQ] = NO_TIME
+    for c in range(N_INT_COLUMNS, ei.shape[1]):
+        ei[s, c] = NO_CHUNK if (c - N_INT_COLUMNS) % W_STRIDE == W_CURSOR else 0
     ef[s, :] = 0.0
 
 
@@ -87,63 +110,26 @@ def release_entity(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def history_contains(pool: Pool, head: int, txh: int) -> bool:
-    chunk = head
-    while chunk != NO_CHUNK:
-        for j in range(pool.m[chunk, 0]):
-            if pool.i[chunk, j, 1] == txh:
-                return True
-        chunk = pool.m[chunk, 1]
-    return False
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
 def drop_expired(
     pool: Pool,
     ei: npt.NDArray[np.int64],
-    ef: npt.NDArray[np.float64],
     s: int,
     head_col: int,
     horizon: int,
-    fold_previous: bool,
 ) -> None:
-    """Unlink and free the leading chunks of a chain whose records are all older than
-    `horizon`.
+    """Unlink and free the leading chunks of a bucket chain whose records are all older than
+    `horizon` (event chains have their own, `sliding.drop_old_events`).
 
     Only a prefix is dropped: chains are in processing order, so older chunks come first and
     the walk stops at the first live one (usually the head) instead of visiting every chunk
     on every event. An expired chunk behind a live one waits its turn; readers filter by time,
-    so that only delays freeing memory. For event chains of paying entities, the newest
-    dropped event (and newest dropped located event) is remembered, so "time since the
-    previous transaction" survives the drop.
+    so that only delays freeing memory.
     """
     chunk = ei[s, head_col]
     while chunk != NO_CHUNK and pool.m[chunk, 2] < horizon:
         following = pool.m[chunk, 1]
-        if fold_previous:
-            _fold_into_evicted(pool, chunk, ei, ef, s)
         ei[s, head_col] = following
         if ei[s, head_col + 1] == chunk:
             ei[s, head_col + 1] = NO_CHUNK
         release_chunk(pool, chunk)
         chunk = following
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _fold_into_evicted(
-    pool: Pool, chunk: int, ei: npt.NDArray[np.int64], ef: npt.NDArray[np.float64], s: int
-) -> None:
-    for j in range(pool.m[chunk, 0]):
-        ts = pool.i[chunk, j, 0]
-        seq = pool.i[chunk, j, 2]
-        if ts > ei[s, EVICTED_TS] or (ts == ei[s, EVICTED_TS] and seq > ei[s, EVICTED_SEQ]):
-            ei[s, EVICTED_TS] = ts
-            ei[s, EVICTED_SEQ] = seq
-        if not math.isnan(pool.f[chunk, j, 4]) and (
-            ts > ei[s, EVICTED_LOC_TS]
-            or (ts == ei[s, EVICTED_LOC_TS] and seq > ei[s, EVICTED_LOC_SEQ])
-        ):
-            ei[s, EVICTED_LOC_TS] = ts
-            ei[s, EVICTED_LOC_SEQ] = seq
-            ef[s, EVICTED_LAT] = pool.f[chunk, j, 4]
-            ef[s, EVICTED_LON] = pool.f[chunk, j, 5]

@@ -11,12 +11,16 @@ event touches; field 0 is always a time:
     novelty   latest time seen, value hash, latest transaction id, time seen before that
 
 `i` and `f` are two views (int64 and float64) of the same buffer. `m[c]` holds the chunk's
-length, next chunk id and newest time; it is a view of one extra record at the start of the
-chunk's block, so visiting a chunk does not cost a separate cache miss for its meta.
+length, next chunk id and newest time, and in a pool made with back links the previous chunk
+id; it is a view of one extra record at the start of the chunk's block, so visiting a chunk
+does not cost a separate cache miss for its meta.
 
-Chains are in processing order. Whole chunks are freed once every record in them is older than
-the retention horizon, so memory follows activity, not the number of entities ever seen.
-The pool never grows inside a kernel: the Python side guarantees enough free chunks first.
+Event chains are sorted by time (a late event is inserted in its place, `insert_record`), and
+doubly linked, so the sliding windows (`sliding.py`) can walk back from the newest event.
+Bucket and novelty chains are in processing order. Whole chunks are freed once every record
+in them is older than the retention horizon, so memory follows activity, not the number of
+entities ever seen. The pool never grows inside a kernel: the Python side guarantees enough
+free chunks first.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ NO_CHUNK = -1
 NO_TIME = np.iinfo(np.int64).min
 EVENT_FIELDS = 6
 META_FIELDS = 3
+"""Length, next chunk, newest time."""
+PREV = 3
+"""The meta field holding the previous chunk, in pools made with back links."""
 
 
 class Pool(NamedTuple):
@@ -42,13 +49,16 @@ class Pool(NamedTuple):
     """top[0] = number of chunk ids on the free stack."""
 
 
-def new_pool(n_chunks: int, chunk_size: int, fields: int) -> Pool:
-    if fields < META_FIELDS:
-        raise ValueError(f"a pool record needs at least {META_FIELDS} fields")
+def new_pool(n_chunks: int, chunk_size: int, fields: int, back_links: bool = False) -> Pool:
+    meta_fields = META_FIELDS + int(back_links)
+    if fields < meta_fields:
+        raise ValueError(f"a pool record needs at least {meta_fields} fields")
     block = np.zeros((n_chunks, chunk_size + 1, fields), np.int64)
-    meta = block[:, 0, :META_FIELDS]
+    meta = block[:, 0, :meta_fields]
     meta[:, 1] = NO_CHUNK
     meta[:, 2] = NO_TIME
+    if back_links:
+        meta[:, PREV] = NO_CHUNK
     return Pool(
         i=block[:, 1:, :],
         f=block.view(np.float64)[:, 1:, :],
@@ -65,7 +75,7 @@ def grown(pool: Pool, min_free: int) -> Pool:
         return pool
     old = pool.i.shape[0]
     new = max(2 * old, old + min_free - free)
-    bigger = new_pool(new, pool.i.shape[1], pool.i.shape[2])
+    bigger = new_pool(new, pool.i.shape[1], pool.i.shape[2], has_back_links(pool))
     bigger.i[:old] = pool.i
     bigger.m[:old] = pool.m
     added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
@@ -73,6 +83,10 @@ def grown(pool: Pool, min_free: int) -> Pool:
     bigger.free[len(added) : len(added) + free] = pool.free[:free]
     bigger.top[0] = len(added) + free
     return bigger
+
+
+def has_back_links(pool: Pool) -> bool:
+    return bool(pool.m.shape[1] > META_FIELDS)
 
 
 def chunks_in_use(pool: Pool) -> int:
@@ -96,6 +110,8 @@ def take_chunk(pool: Pool) -> int:
     pool.m[chunk, 0] = 0
     pool.m[chunk, 1] = NO_CHUNK
     pool.m[chunk, 2] = NO_TIME
+    if pool.m.shape[1] > PREV:
+        pool.m[chunk, PREV] = NO_CHUNK
     return int(chunk)
 
 
@@ -118,6 +134,8 @@ def claim_record(pool: Pool, head_tail: npt.NDArray[np.int64], a: int) -> tuple[
             head_tail[0] = chunk
         else:
             pool.m[tail, 1] = chunk
+            if pool.m.shape[1] > PREV:
+                pool.m[chunk, PREV] = tail
         head_tail[1] = chunk
         tail = chunk
     slot = pool.m[tail, 0]
@@ -125,6 +143,59 @@ def claim_record(pool: Pool, head_tail: npt.NDArray[np.int64], a: int) -> tuple[
     pool.m[tail, 0] = slot + 1
     pool.m[tail, 2] = max(pool.m[tail, 2], a)
     return int(tail), int(slot)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def insert_record(pool: Pool, head_tail: npt.NDArray[np.int64], a: int) -> tuple[int, int]:
+    """(chunk, slot) of a new record with time `a`, placed before the first record later than
+    `a` in a time-sorted, back-linked chain (so equal times keep their arrival order). The
+    caller knows the chain's newest record is later than `a`.
+
+    The record goes into the chunk of the record it precedes; a full chunk is split, its
+    records from that point on moving to a new chunk linked after it. So a record only ever
+    moves later in the chain, never into an earlier chunk (the window cursors rely on this).
+    """
+    chunk = head_tail[1]
+    while True:
+        before = pool.m[chunk, PREV]
+        if before == NO_CHUNK or pool.i[before, pool.m[before, 0] - 1, 0] <= a:
+            break
+        chunk = before
+    n = pool.m[chunk, 0]
+    k = 0
+    while pool.i[chunk, k, 0] <= a:
+        k += 1
+    if n == pool.i.shape[1]:
+        _split_after(pool, head_tail, chunk, k)
+        n = k
+    for j in range(n, k, -1):
+        for field in range(pool.i.shape[2]):
+            pool.i[chunk, j, field] = pool.i[chunk, j - 1, field]
+    pool.i[chunk, k, 0] = a
+    pool.m[chunk, 0] = n + 1
+    pool.m[chunk, 2] = pool.i[chunk, n, 0]
+    return int(chunk), int(k)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _split_after(pool: Pool, head_tail: npt.NDArray[np.int64], chunk: int, k: int) -> None:
+    """Move records k.. of `chunk` into a new chunk linked right after it."""
+    moved = take_chunk(pool)
+    following = pool.m[chunk, 1]
+    pool.m[moved, 1] = following
+    pool.m[moved, PREV] = chunk
+    pool.m[chunk, 1] = moved
+    if following == NO_CHUNK:
+        head_tail[1] = moved
+    else:
+        pool.m[following, PREV] = moved
+    n = pool.m[chunk, 0]
+    for j in range(k, n):
+        for field in range(pool.i.shape[2]):
+            pool.i[moved, j - k, field] = pool.i[chunk, j, field]
+    pool.m[moved, 0] = n - k
+    pool.m[moved, 2] = pool.m[chunk, 2]
+    pool.m[chunk, 0] = k
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -137,15 +208,21 @@ def append_event(
     amount: float,
     lat: float,
     lon: float,
-) -> None:
-    """Append an event record (`o` is the processing sequence, or the paying card's hash in a
-    merchant's or terminal's history)."""
-    chunk, slot = claim_record(pool, head_tail, ts)
+) -> tuple[int, int]:
+    """Add an event record to a time-sorted chain: appended when it is the newest, else
+    inserted in its place (`o` is the processing sequence, or the paying card's hash in a
+    merchant's or terminal's history). Returns (chunk, slot) of the record."""
+    tail = head_tail[1]
+    if tail == NO_CHUNK or pool.i[tail, pool.m[tail, 0] - 1, 0] <= ts:
+        chunk, slot = claim_record(pool, head_tail, ts)
+    else:
+        chunk, slot = insert_record(pool, head_tail, ts)
     pool.i[chunk, slot, 1] = txh
     pool.i[chunk, slot, 2] = o
     pool.f[chunk, slot, 3] = amount
     pool.f[chunk, slot, 4] = lat
     pool.f[chunk, slot, 5] = lon
+    return chunk, slot
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from fraudstream.core.errors import SnapshotError
 from fraudstream.core.features.keys import KeyTable
-from fraudstream.core.features.pool import META_FIELDS, Pool, new_pool
+from fraudstream.core.features.pool import Pool, new_pool
 
 Arrays = dict[str, npt.NDArray[np.generic]]
 
@@ -40,15 +40,16 @@ def restored_key_table(prefix: str, arrays: Mapping[str, npt.NDArray[np.generic]
 
 
 def pool_arrays(prefix: str, pool: Pool) -> Arrays:
-    """The chunks in use, each with its meta (length, next chunk, newest time) in front, and
-    their ids. Free chunks are left out: a pool doubles as it grows, so most of it may be free."""
+    """The chunks in use, each with its meta (length, next chunk, newest time, previous chunk
+    when the pool links back) in front, and their ids. Free chunks are left out: a pool doubles
+    as it grows, so most of it may be free."""
     n_chunks, chunk_size, fields = pool.i.shape
     in_use = np.ones(n_chunks, np.bool_)
     in_use[pool.free[: pool.top[0]]] = False
     ids = np.flatnonzero(in_use).astype(np.int64)
     block = np.zeros((ids.shape[0], chunk_size + 1, fields), np.int64)
     block[:, 1:, :] = pool.i[ids]
-    block[:, 0, :META_FIELDS] = pool.m[ids]
+    block[:, 0, : pool.m.shape[1]] = pool.m[ids]
     return {
         f"{prefix}.block": block,
         f"{prefix}.ids": ids,
@@ -57,7 +58,11 @@ def pool_arrays(prefix: str, pool: Pool) -> Arrays:
 
 
 def restored_pool(
-    prefix: str, arrays: Mapping[str, npt.NDArray[np.generic]], chunk_size: int, fields: int
+    prefix: str,
+    arrays: Mapping[str, npt.NDArray[np.generic]],
+    chunk_size: int,
+    fields: int,
+    back_links: bool = False,
 ) -> Pool:
     block = saved_array(arrays, f"{prefix}.block", np.int64)
     ids = saved_array(arrays, f"{prefix}.ids", np.int64)
@@ -69,9 +74,9 @@ def restored_pool(
         )
     if ids.shape[0] != block.shape[0] or (ids.size and not 0 <= ids.min() <= ids.max() < n_chunks):
         raise SnapshotError(f"{prefix}: chunk ids do not match the chunks stored")
-    pool = new_pool(n_chunks, chunk_size, fields)
+    pool = new_pool(n_chunks, chunk_size, fields, back_links)
     pool.i[ids] = block[:, 1:, :]
-    pool.m[ids] = block[:, 0, :META_FIELDS]
+    pool.m[ids] = block[:, 0, : pool.m.shape[1]]
     in_use = np.zeros(n_chunks, np.bool_)
     in_use[ids] = True
     free = np.flatnonzero(~in_use)[::-1]  # lowest id on top, as a fresh pool hands them out
@@ -90,6 +95,18 @@ def check_same(
             f"{name}: the snapshot was taken with {saved.tolist()}, this configuration has "
             f"{current.tolist()}"
         )
+
+
+def saved_rows(
+    arrays: Mapping[str, npt.NDArray[np.generic]], name: str, like: npt.NDArray[Any]
+) -> npt.NDArray[Any]:
+    """A copy of the saved rows `name`, which must be as wide as `like` (this configuration's)."""
+    rows = saved_array(arrays, name, like.dtype.type)
+    if rows.ndim != 2 or rows.shape[1] != like.shape[1]:
+        raise SnapshotError(
+            f"{name}: rows of shape {rows.shape[1:]}, this configuration builds {like.shape[1:]}"
+        )
+    return rows.copy()
 
 
 def saved_array(

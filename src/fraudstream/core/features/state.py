@@ -18,22 +18,26 @@ import polars as pl
 import pyarrow as pa
 
 from fraudstream.core.features.account import BUCKET_RECORD_FIELDS
-from fraudstream.core.features.config import ENTITY_KINDS, NOVELTY_FIELDS, FeatureConfig
+from fraudstream.core.features.config import (
+    ENTITY_KINDS,
+    NOVELTY_FIELDS,
+    PLACE_KINDS,
+    FeatureConfig,
+)
 from fraudstream.core.features.kernels import (
     LAST_TS,
     M_HAS_WATERMARK,
     M_LATE,
     M_REPLAYED,
     M_WATERMARK,
-    N_FLOAT_COLUMNS,
-    N_INT_COLUMNS,
     P_BUCKET,
     P_BUCKET_RETENTION,
     P_EVENT_RETENTION,
     P_LATENESS,
     P_TTL,
+    window_columns,
 )
-from fraudstream.core.features.keys import live_keys, new_key_table, reserved
+from fraudstream.core.features.keys import KeyTable, live_keys, new_key_table, reserved
 from fraudstream.core.features.novelty import NOVELTY_RECORD_FIELDS
 from fraudstream.core.features.pool import (
     EVENT_FIELDS,
@@ -52,6 +56,7 @@ from fraudstream.core.features.snapshot import (
     restored_key_table,
     restored_pool,
     saved_array,
+    saved_rows,
 )
 from fraudstream.core.features.walk import (
     BatchColumns,
@@ -59,7 +64,6 @@ from fraudstream.core.features.walk import (
     evict_idle,
     new_scratch,
     walk_batch,
-    with_larger_place_set,
 )
 from fraudstream.core.text import hash_text
 
@@ -154,38 +158,45 @@ def hash_identifiers(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
     return hashes
 
 
-class _Entities:
-    """The state rows of one entity kind and the key table that assigns them.
+class _Rows:
+    """Rows of state indexed by slot, and the key table that hands the slots out.
 
-    A row is cleared by the kernel when its slot is handed to a key (`walk._slot`), so rows
-    start as plain zeros here and free rows are never read.
+    Entities are one use (a row per card, merchant, ...: `int_columns` and `float_columns`
+    wide); the (place, card) pairs of the sliding windows another (int rows only). A row is
+    cleared by the kernel when its slot is handed to a key, so rows start as plain zeros here
+    and free rows are never read.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, int_columns: int, float_columns: int) -> None:
         self.keys = new_key_table(capacity)
-        self.ints = np.zeros((capacity, N_INT_COLUMNS), np.int64)
-        self.floats = np.zeros((capacity, N_FLOAT_COLUMNS), np.float64)
+        self.ints = np.zeros((capacity, int_columns), np.int64)
+        self.floats = np.zeros((capacity, float_columns), np.float64)
 
     def reserve(self, new_keys: int) -> None:
         """Room for `new_keys` first-seen keys; rows keep their slots."""
         self.keys = reserved(self.keys, new_keys)
-        old, slots = self.ints.shape[0], self.keys.keys.shape[0]
-        if slots > old:
-            ints = np.zeros((slots, N_INT_COLUMNS), np.int64)
-            ints[:old] = self.ints
-            floats = np.zeros((slots, N_FLOAT_COLUMNS), np.float64)
-            floats[:old] = self.floats
-            self.ints, self.floats = ints, floats
+        self.ints = _grown_rows(self.ints, self.keys)
+        self.floats = _grown_rows(self.floats, self.keys)
 
     @property
     def live(self) -> int:
         return live_keys(self.keys)
 
     def memory_bytes(self) -> int:
-        """Rows and key-table entries of live entities (the table's load is at most 1/2)."""
-        row = (N_INT_COLUMNS + N_FLOAT_COLUMNS) * 8
+        """Rows and key-table entries of live keys (the table's load is at most 1/2)."""
+        row = (self.ints.shape[1] + self.floats.shape[1]) * 8
         key = 8 + 2 * 16
         return self.live * (row + key)
+
+
+def _grown_rows(rows: _Array, keys: KeyTable) -> _Array:
+    """`rows` with as many rows as the key table has slots (zeros added at the end)."""
+    old, slots = rows.shape[0], keys.keys.shape[0]
+    if slots <= old:
+        return rows
+    grown_rows = np.zeros((slots, rows.shape[1]), rows.dtype)
+    grown_rows[:old] = rows
+    return grown_rows
 
 
 class FeatureState:
@@ -194,9 +205,17 @@ class FeatureState:
     def __init__(self, config: FeatureConfig | None = None, initial_entities: int = 1024) -> None:
         self.config = config or FeatureConfig()
         c = self.config
-        self._entities = {kind: _Entities(initial_entities) for kind in ENTITY_KINDS}
+        account_columns = window_columns(len(c.exact_account_windows))
+        place_columns = window_columns(len(c.place_windows_us))
+        columns = {
+            kind: place_columns if kind in PLACE_KINDS else account_columns for kind in ENTITY_KINDS
+        }
+        self._entities = {kind: _Rows(initial_entities, *columns[kind]) for kind in ENTITY_KINDS}
+        self._pairs = [_Rows(initial_entities, 1 + len(c.place_windows_us), 0) for _ in PLACE_KINDS]
         chunks = max(64, initial_entities)
-        self._events = [new_pool(chunks, c.chunk_size, EVENT_FIELDS) for _ in ENTITY_KINDS]
+        self._events = [
+            new_pool(chunks, c.chunk_size, EVENT_FIELDS, back_links=True) for _ in ENTITY_KINDS
+        ]
         self._buckets = [new_pool(chunks, BUCKET_CHUNK, BUCKET_RECORD_FIELDS) for _ in range(2)]
         self._novelty = new_pool(chunks, NOVELTY_CHUNK, NOVELTY_RECORD_FIELDS)
         self._params = np.array(
@@ -239,11 +258,7 @@ class FeatureState:
         self._reserve(n)
         out = np.empty((n, len(self.config.names)), dtype=np.float64)
         late = np.empty(n, dtype=np.bool_)
-        tables, done = self._tables(), 0
-        while (
-            done := walk_batch(batch, tables, self._n_exact, out, late, self._scratch, done)
-        ) < n:
-            self._scratch = with_larger_place_set(self._scratch)
+        walk_batch(batch, self._tables(), self._n_exact, out, late, self._scratch)
         return FeatureColumns(
             self.config.names, self._index, np.ascontiguousarray(out.T), late, self._dtypes
         )
@@ -268,8 +283,8 @@ class FeatureState:
         self._events = [grown(pool, n + 1) for pool in self._events]
         self._buckets = [grown(pool, n + 1) for pool in self._buckets]
         self._novelty = grown(self._novelty, len(NOVELTY_FIELDS) * n + 1)
-        for entities in self._entities.values():
-            entities.reserve(n)
+        for rows in [*self._entities.values(), *self._pairs]:
+            rows.reserve(n)
 
     def _tables(self) -> Tables:
         e = [self._entities[kind] for kind in ENTITY_KINDS]
@@ -280,6 +295,8 @@ class FeatureState:
             novelty=self._novelty,
             ints=(e[0].ints, e[1].ints, e[2].ints, e[3].ints),
             floats=(e[0].floats, e[1].floats, e[2].floats, e[3].floats),
+            pairs=(self._pairs[0].keys, self._pairs[1].keys),
+            pair_counts=(self._pairs[0].ints, self._pairs[1].ints),
             params=self._params,
             meta=self._meta,
             account_windows=self._account_windows,
@@ -302,6 +319,9 @@ class FeatureState:
             arrays[f"{kind}.ints"] = entities.ints.copy()
             arrays[f"{kind}.floats"] = entities.floats.copy()
             arrays |= pool_arrays(f"{kind}.events", self._events[k])
+        for kind, pairs in zip(PLACE_KINDS, self._pairs, strict=True):
+            arrays |= key_table_arrays(f"{kind}.pairs.keys", pairs.keys)
+            arrays[f"{kind}.pairs.counts"] = pairs.ints.copy()
         for b, pool in enumerate(self._buckets):
             arrays |= pool_arrays(f"buckets{b}", pool)
         arrays |= pool_arrays("novelty", self._novelty)
@@ -320,11 +340,14 @@ class FeatureState:
         for k, kind in enumerate(ENTITY_KINDS):
             entities = state._entities[kind]
             entities.keys = restored_key_table(f"{kind}.keys", arrays)
-            entities.ints = saved_array(arrays, f"{kind}.ints", np.int64).copy()
-            entities.floats = saved_array(arrays, f"{kind}.floats", np.float64).copy()
+            entities.ints = saved_rows(arrays, f"{kind}.ints", entities.ints)
+            entities.floats = saved_rows(arrays, f"{kind}.floats", entities.floats)
             state._events[k] = restored_pool(
-                f"{kind}.events", arrays, config.chunk_size, EVENT_FIELDS
+                f"{kind}.events", arrays, config.chunk_size, EVENT_FIELDS, back_links=True
             )
+        for kind, pairs in zip(PLACE_KINDS, state._pairs, strict=True):
+            pairs.keys = restored_key_table(f"{kind}.pairs.keys", arrays)
+            pairs.ints = saved_rows(arrays, f"{kind}.pairs.counts", pairs.ints)
         for b in range(len(state._buckets)):
             state._buckets[b] = restored_pool(
                 f"buckets{b}", arrays, BUCKET_CHUNK, BUCKET_RECORD_FIELDS
@@ -358,7 +381,7 @@ class FeatureState:
         pools: list[Pool] = [*self._events, *self._buckets, self._novelty]
         in_use = sum(chunks_in_use(p) * chunk_bytes(p) for p in pools)
         allocated = sum(p.i.shape[0] * chunk_bytes(p) for p in pools)
-        entity_bytes = sum(e.memory_bytes() for e in self._entities.values())
+        entity_bytes = sum(e.memory_bytes() for e in [*self._entities.values(), *self._pairs])
         retained = sum(retained_records(pool) for pool in self._events)
         has_watermark = bool(self._meta[M_HAS_WATERMARK])
         return StateStats(

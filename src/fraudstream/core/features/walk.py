@@ -3,9 +3,7 @@
 The walk is compiled without numba's reference counting (`_nrt=False`): with it, every array
 view and every array handed to an inlined helper cost a pair of atomic counter updates, and
 those were a third of the walk's time. So nothing here allocates: the scratch space comes
-from the caller (`Scratch`), and when a busy merchant or terminal needs a larger distinct-card
-set than the scratch holds, the walk stops before that event and says so, the caller grows
-the set and the walk resumes where it stopped.
+from the caller (`Scratch`).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from fraudstream.core.features.account import (
     apply_account,
 )
 from fraudstream.core.features.kernels import (
-    EV_HEAD,
     LAST_TS,
     M_HAS_WATERMARK,
     M_LATE,
@@ -35,14 +32,14 @@ from fraudstream.core.features.kernels import (
     P_EVENT_RETENTION,
     P_LATENESS,
     P_TTL,
-    history_contains,
     release_entity,
     reset_entity,
 )
 from fraudstream.core.features.keys import KeyTable, add_key, find_slot, remove_key
 from fraudstream.core.features.novelty import N_NOVELTY, novelty_step
-from fraudstream.core.features.place import apply_place, place_features, place_span
-from fraudstream.core.features.pool import NO_TIME, Pool
+from fraudstream.core.features.place import apply_place, place_features
+from fraudstream.core.features.pool import NO_CHUNK, NO_TIME, Pool
+from fraudstream.core.features.sliding import find_self, forget_pairs
 
 CARD, CUSTOMER, MERCHANT, TERMINAL = 0, 1, 2, 3
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -74,29 +71,19 @@ class Scratch(NamedTuple):
     """Working space for the walk, kept between batches by the caller (`new_scratch`)."""
 
     windows: npt.NDArray[np.float64]
-    """Counts, sums and the previous located event of one paying entity."""
+    """Saved window totals and the previous located event of one paying entity."""
     previous: npt.NDArray[np.int64]
-    places: npt.NDArray[np.int64]
-    """(4, size) distinct-card set of one merchant or terminal (see `place_features`)."""
-    generation: npt.NDArray[np.int64]
     latest_seen: npt.NDArray[np.float64]
     found: npt.NDArray[np.bool_]
 
 
-def new_scratch(n_account_windows: int, place_set_size: int = 1024) -> Scratch:
+def new_scratch(n_account_windows: int) -> Scratch:
     return Scratch(
         windows=np.empty(2 * n_account_windows + 4, np.float64),
         previous=np.empty(2, np.int64),
-        places=np.full((4, place_set_size), -1, np.int64),
-        generation=np.zeros(1, np.int64),
         latest_seen=np.empty(N_NOVELTY, np.float64),
         found=np.empty(N_NOVELTY, np.bool_),
     )
-
-
-def with_larger_place_set(scratch: Scratch) -> Scratch:
-    """The same scratch with a distinct-card set twice as large."""
-    return scratch._replace(places=np.full((4, 2 * scratch.places.shape[1]), -1, np.int64))
 
 
 class Tables(NamedTuple):
@@ -115,6 +102,9 @@ class Tables(NamedTuple):
         npt.NDArray[np.float64],
         npt.NDArray[np.float64],
     ]
+    pairs: tuple[KeyTable, KeyTable]
+    """Per place kind (merchant, terminal): the (place, card) pairs of `sliding.py`."""
+    pair_counts: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
     params: npt.NDArray[np.int64]
     meta: npt.NDArray[np.int64]
     account_windows: npt.NDArray[np.int64]
@@ -129,13 +119,8 @@ def walk_batch(
     out: npt.NDArray[np.float64],
     late: npt.NDArray[np.bool_],
     scratch: Scratch,
-    start: int,
-) -> int:
-    """Compute features for events `start`.. of the batch into `out` and update the state.
-
-    Returns the batch size when done, or the index of the event it stopped before because
-    `scratch.places` is too small for that event's merchant or terminal (nothing of that
-    event has been applied yet; grow the set and call again from there).
+) -> None:
+    """Compute features for every event of the batch into `out` and update the state.
 
     Pools are unpacked once into locals and passed per kind with constant indices: a runtime
     index into a tuple of pools copies the whole pool struct on every access, which costs more
@@ -147,6 +132,8 @@ def walk_batch(
     card_i, customer_i, merchant_i, terminal_i = tables.ints
     card_f, customer_f, merchant_f, terminal_f = tables.floats
     card_k, customer_k, merchant_k, terminal_k = tables.keys
+    merchant_pairs, terminal_pairs = tables.pairs
+    merchant_counts, terminal_counts = tables.pair_counts
     params = tables.params
     meta = tables.meta
     windows = tables.account_windows
@@ -157,8 +144,7 @@ def walk_batch(
     place_base = novelty_base + N_NOVELTY
     place_width = 2 * place_windows.shape[0]
     has_buckets = windows.shape[0] > n_exact
-    place_set, place_generation = scratch.places, scratch.generation
-    for i in range(start, batch.ts.shape[0]):
+    for i in range(batch.ts.shape[0]):
         t = batch.ts[i]
         if meta[M_HAS_WATERMARK] == 1 and t < meta[M_WATERMARK] - lateness:
             late[i] = True
@@ -170,19 +156,13 @@ def walk_batch(
         customer = _slot(customer_k, customer_i, customer_f, batch.keys[CUSTOMER, i])
         merchant = _slot(merchant_k, merchant_i, merchant_f, batch.keys[MERCHANT, i])
         terminal = _slot(terminal_k, terminal_i, terminal_f, batch.keys[TERMINAL, i])
-        merchant_span = place_span(merchants, merchant_i, merchant)
-        terminal_span = place_span(terminals, terminal_i, terminal)
-        if max(merchant_span, terminal_span) > place_set.shape[1]:
-            return i
         amount, txh, lat, lon = batch.amount[i], batch.txh[i], batch.lat[i], batch.lon[i]
         payer = batch.payer[i]
         row = out[i]
         if card >= 0:
-            replay = history_contains(cards, card_i[card, EV_HEAD], txh)
-        elif customer >= 0:
-            replay = history_contains(customers, customer_i[customer, EV_HEAD], txh)
+            replay = find_self(cards, card_i, card, t, txh)[0] != NO_CHUNK
         else:
-            replay = False
+            replay = find_self(customers, customer_i, customer, t, txh)[0] != NO_CHUNK
         if not replay:
             idle_before = t - ttl
             _reset_if_idle(card_i, card_f, card, cards, card_buckets, novelty, idle_before)
@@ -190,17 +170,19 @@ def walk_batch(
                 customer_i, customer_f, customer, customers, customer_buckets, novelty,
                 idle_before,
             )  # fmt: skip
-            _reset_if_idle(merchant_i, merchant_f, merchant, merchants, card_buckets, novelty,
-                           idle_before)  # fmt: skip
-            _reset_if_idle(terminal_i, terminal_f, terminal, terminals, card_buckets, novelty,
-                           idle_before)  # fmt: skip
+            _reset_place_if_idle(merchant_i, merchant_f, merchant, merchants, card_buckets,
+                                 novelty, merchant_pairs, merchant_counts, idle_before)  # fmt: skip
+            _reset_place_if_idle(terminal_i, terminal_f, terminal, terminals, card_buckets,
+                                 novelty, terminal_pairs, terminal_counts, idle_before)  # fmt: skip
         account_features(
             cards, card_buckets, card_i, card_f, card, t, amount, txh, lat, lon, replay,
             windows, n_exact, bucket, row, 0, scratch.windows, scratch.previous,
+            merchant_pairs, merchant_counts,
         )  # fmt: skip
         account_features(
             customers, customer_buckets, customer_i, customer_f, customer, t, amount, txh, lat,
             lon, replay, windows, n_exact, bucket, row, width, scratch.windows, scratch.previous,
+            merchant_pairs, merchant_counts,
         )  # fmt: skip
         watermark = t if meta[M_HAS_WATERMARK] == 0 else max(meta[M_WATERMARK], t)
         if card < 0:
@@ -211,12 +193,12 @@ def walk_batch(
                 not replay, watermark - lateness - ttl, scratch.latest_seen, scratch.found,
             )  # fmt: skip
         place_features(
-            merchants, merchant_i, merchant, t, txh, payer, place_windows, row, place_base,
-            place_set, place_generation, merchant_span,
+            merchants, merchant_i, merchant_f, merchant, t, txh, payer, place_windows, row,
+            place_base, merchant_pairs, merchant_counts,
         )  # fmt: skip
         place_features(
-            terminals, terminal_i, terminal, t, txh, payer, place_windows, row,
-            place_base + place_width, place_set, place_generation, terminal_span,
+            terminals, terminal_i, terminal_f, terminal, t, txh, payer, place_windows, row,
+            place_base + place_width, terminal_pairs, terminal_counts,
         )  # fmt: skip
         if replay:
             meta[M_REPLAYED] += 1
@@ -227,21 +209,24 @@ def walk_batch(
         if card >= 0:
             apply_account(
                 cards, card_buckets, card_i, card_f, card, t, amount, txh, seq, lat, lon,
-                has_buckets, bucket, event_horizon, bucket_horizon,
+                has_buckets, bucket, event_horizon, bucket_horizon, windows, n_exact,
+                merchant_pairs, merchant_counts,
             )  # fmt: skip
         if customer >= 0:
             apply_account(
                 customers, customer_buckets, customer_i, customer_f, customer, t, amount, txh,
-                seq, lat, lon, has_buckets, bucket, event_horizon, bucket_horizon,
+                seq, lat, lon, has_buckets, bucket, event_horizon, bucket_horizon, windows,
+                n_exact, merchant_pairs, merchant_counts,
             )  # fmt: skip
         if merchant >= 0:
-            apply_place(merchants, merchant_i, merchant_f, merchant, t, txh, payer, event_horizon)
+            apply_place(merchants, merchant_i, merchant_f, merchant, t, txh, payer, event_horizon,
+                        place_windows, merchant_pairs, merchant_counts)  # fmt: skip
         if terminal >= 0:
-            apply_place(terminals, terminal_i, terminal_f, terminal, t, txh, payer, event_horizon)
+            apply_place(terminals, terminal_i, terminal_f, terminal, t, txh, payer, event_horizon,
+                        place_windows, terminal_pairs, terminal_counts)  # fmt: skip
         meta[M_WATERMARK] = watermark
         meta[M_HAS_WATERMARK] = 1
         meta[M_SEQUENCE] = seq + 1
-    return int(batch.ts.shape[0])
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -280,12 +265,37 @@ def _reset_if_idle(
         release_entity(ints, floats, s, events, buckets, novelty, True, True)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _reset_place_if_idle(
+    ints: npt.NDArray[np.int64],
+    floats: npt.NDArray[np.float64],
+    s: int,
+    events: Pool,
+    buckets: Pool,
+    novelty: Pool,
+    pairs: KeyTable,
+    pair_counts: npt.NDArray[np.int64],
+    idle_before: int,
+) -> None:
+    """`_reset_if_idle` for a merchant or terminal, which first lets go of its card pairs."""
+    if s < 0:
+        return
+    last = ints[s, LAST_TS]
+    if last != NO_TIME and last < idle_before:
+        forget_pairs(events, ints, s, pairs, pair_counts)
+        release_entity(ints, floats, s, events, buckets, novelty, False, False)
+
+
 @numba.njit(cache=True, nogil=True)
 def evict_idle(tables: Tables, kind: int, slots: npt.NDArray[np.int64]) -> None:
     """Free the given entity slots of one kind (the sweep has decided they are past the TTL)."""
     events = tables.events[kind]
     buckets = tables.buckets[min(kind, 1)]
+    pairs = tables.pairs[max(kind - 2, 0)]
+    pair_counts = tables.pair_counts[max(kind - 2, 0)]
     for s in slots:
+        if kind >= MERCHANT:
+            forget_pairs(events, tables.ints[kind], s, pairs, pair_counts)
         release_entity(
             tables.ints[kind], tables.floats[kind], s, events, buckets, tables.novelty,
             kind < 2, kind == CARD,
