@@ -234,13 +234,3 @@ def free_chain(pool: Pool, head_tail: npt.NDArray[np.int64]) -> None:
         chunk = following
     head_tail[0] = NO_CHUNK
     head_tail[1] = NO_CHUNK
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def chain_length(pool: Pool, head: int) -> int:
-    total = 0
-    chunk = head
-    while chunk != NO_CHUNK:
-        total += pool.m[chunk, 0]
-        chunk = pool.m[chunk, 1]
-    return total
