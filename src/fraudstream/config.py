@@ -165,6 +165,11 @@ class WorkerSettings(BaseModel):
     a moved partition resumes from the newest checkpoint) or `memory` (no checkpoints: a
     restart folds the log from its beginning)."""
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    """The shortest time between checkpoints (a large state is checkpointed less often: see
+    `runners/stream_state.py`)."""
+    checkpoint_budget_bytes: int = Field(default=8 << 30, ge=0)
+    """Redis memory the group's checkpoints may take together: older ones are deleted first,
+    and the two newest are always kept."""
     metrics_port: int | None = Field(default=0, ge=0, le=65535)
     """Where the worker serves Prometheus metrics (`/metrics`, all interfaces): 0 any free port
     (each worker reports its own in its status file, see `runners.serve.metrics_endpoints`);

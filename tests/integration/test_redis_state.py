@@ -112,3 +112,56 @@ def test_checkpoints_are_spaced_out_as_the_state_grows(
     state.close()
     store.clear()
     store.close()
+
+
+def test_checkpoints_past_the_byte_budget_go_oldest_first_and_the_two_newest_stay(
+    endpoints: Endpoints,
+) -> None:
+    """A state of GBs checkpointed every minute would fill Redis's memory with copies."""
+    namespace = f"test:{uuid.uuid4().hex[:8]}"
+    arrays = {"x": np.arange(10_000, dtype=np.int64)}
+    probe = CheckpointStore(endpoints.redis_url, f"{namespace}-probe")
+    size = probe.save(arrays, {0: 0}, "w").size_bytes
+    probe.clear()
+    probe.close()
+    store = CheckpointStore(endpoints.redis_url, namespace, keep=6, budget_bytes=3 * size + 10)
+    saved = []
+    for i in range(5):
+        time.sleep(0.003)  # the index orders by the millisecond
+        saved.append(store.save(arrays, {0: i}, "w"))
+    assert [info.id for info in store.newest_first()] == [info.id for info in saved[:1:-1]]
+    tiny = CheckpointStore(endpoints.redis_url, namespace, keep=6, budget_bytes=0)
+    time.sleep(0.003)
+    newest = tiny.save(arrays, {0: 5}, "w")
+    assert [info.id for info in tiny.newest_first()] == [newest.id, saved[-1].id]
+    client = redis.Redis.from_url(endpoints.redis_url)
+    assert len(client.keys(f"{namespace}:checkpoint:*")) == 2 * 2, "parts and metas deleted"
+    client.close()
+    tiny.close()
+    store.clear()
+    store.close()
+
+
+@pytest.mark.skipif(not stream_state.FORK_WRITER, reason="the forked writer is Linux's")
+def test_a_forked_writer_stores_the_state_as_it_was_when_called(endpoints: Endpoints) -> None:
+    """Scoring goes on while the child writes: what it stores is the state at the call, not
+    what the parent folded afterwards."""
+    store, _ = _store(endpoints)
+    state = StreamState(FeatureConfig(), store, checkpoint_interval_s=0.01, worker="w")
+    stream = generate(GeneratorConfig(seed=3, n_transactions=4_000)).transactions
+    state.features.advance(stream.head(2_000))
+    state.folded({0: 2_000})
+    expected = state.features.snapshot()
+    state.save_checkpoint()
+    state.features.advance(stream.tail(2_000))  # while the child writes
+    state.folded({0: 4_000})
+    state.close()  # waits for the writer
+    info = store.newest_within({0: 4_000})
+    assert info is not None and info.offsets == {0: 2_000} and info.worker == "w"
+    loaded = store.load(info)
+    assert loaded is not None and set(loaded) == set(expected)
+    for name, array in expected.items():
+        assert np.array_equal(loaded[name], array), name
+    assert state._write_s > 0, "the write's time spaces the next checkpoint"
+    store.clear()
+    store.close()

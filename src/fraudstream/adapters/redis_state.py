@@ -10,8 +10,9 @@ stored in parts of at most `part_bytes` (Redis refuses a value over 512 MB, and 
 2 k tx/s passes that within minutes), and a small JSON document: for every partition the next
 offset the state has not seen, the number of parts, the worker that wrote it and when. An
 index (a sorted set by time) keeps the newest `keep` and a few older ones spaced by doubling
-spans of time; the rest are deleted as new ones arrive, and every key expires after `ttl_s` in
-case nothing arrives.
+spans of time, within a budget of bytes (a state of GBs would otherwise fill Redis's memory
+with a dozen copies); the rest are deleted as new ones arrive, and every key expires after
+`ttl_s` in case nothing arrives.
 """
 
 from __future__ import annotations
@@ -55,12 +56,22 @@ class CheckpointStore:
         keep: int = 6,
         ttl_s: int = 7 * 86_400,
         part_bytes: int = 64 << 20,
+        budget_bytes: int = 8 << 30,
     ) -> None:
+        self._url = url
         self._redis = redis.Redis.from_url(url, socket_timeout=30)
         self._ns = namespace
         self._keep = keep
         self._ttl_s = ttl_s
         self._part_bytes = part_bytes
+        self._budget_bytes = budget_bytes
+
+    def reopened(self) -> CheckpointStore:
+        """The same store on a connection of its own (for a forked process: a socket must not
+        be shared with the parent)."""
+        return CheckpointStore(
+            self._url, self._ns, self._keep, self._ttl_s, self._part_bytes, self._budget_bytes
+        )
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
@@ -113,17 +124,41 @@ class CheckpointStore:
             for checkpoint_id, created_ms in entries:  # oldest first
                 first_of_span.setdefault(created_ms // (1000 << scale), checkpoint_id)
             kept |= {first_of_span[span] for span in sorted(first_of_span)[-2:]}
+        metas = self._metas([checkpoint_id for checkpoint_id, _ in entries])
+        kept = self._within_budget([c for c, _ in reversed(entries) if c in kept], metas)
         old = [checkpoint_id for checkpoint_id, _ in entries if checkpoint_id not in kept]
         if not old:
             return
         pipe = self._redis.pipeline(transaction=True)
         for checkpoint_id in old:
-            raw = self._redis.get(self._key("checkpoint", checkpoint_id, "meta"))
-            parts = 1 if raw is None else int(json.loads(raw).get("parts", 1))
+            parts = int(metas.get(checkpoint_id, {}).get("parts", 1))
             pipe.delete(*self._part_keys(checkpoint_id, parts))
             pipe.delete(self._key("checkpoint", checkpoint_id, "meta"))
         pipe.zrem(index, *old)
         pipe.execute()
+
+    def _metas(self, checkpoint_ids: list[str]) -> dict[str, dict[str, object]]:
+        """The meta documents of the given checkpoints that still have one."""
+        if not checkpoint_ids:
+            return {}
+        raws = self._redis.mget([self._key("checkpoint", c, "meta") for c in checkpoint_ids])
+        return {c: json.loads(raw) for c, raw in zip(checkpoint_ids, raws, strict=True) if raw}
+
+    def _within_budget(
+        self, newest_first: list[str], metas: Mapping[str, Mapping[str, object]]
+    ) -> set[str]:
+        """The newest checkpoints whose sizes add up to at most the budget; the two newest
+        always (a takeover usually needs the second newest: the newest may have folded past
+        the committed offsets of batches still in flight)."""
+        kept: set[str] = set()
+        total = 0
+        for n, checkpoint_id in enumerate(newest_first):
+            size = metas.get(checkpoint_id, {}).get("size_bytes", 0)
+            total += size if isinstance(size, int) else 0
+            if n >= 2 and total > self._budget_bytes:
+                break
+            kept.add(checkpoint_id)
+        return kept
 
     def _part_keys(self, checkpoint_id: str, parts: int) -> list[str]:
         return [self._key("checkpoint", checkpoint_id, f"state:{n}") for n in range(parts)]

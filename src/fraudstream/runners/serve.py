@@ -173,7 +173,11 @@ def checkpoint_store(settings: Settings) -> CheckpointStore | None:
             "(or set worker.state to memory)"
         )
     namespace = f"fraudstream:state:{settings.worker.group_id}:{settings.kafka.transactions_topic}"
-    return CheckpointStore(settings.redis.url.get_secret_value(), namespace)
+    return CheckpointStore(
+        settings.redis.url.get_secret_value(),
+        namespace,
+        budget_bytes=settings.worker.checkpoint_budget_bytes,
+    )
 
 
 def _assignment_writer(
