@@ -144,6 +144,11 @@ async def load(port: int, make: object, concurrency: int, seconds: float) -> dic
     }
 
 
+READY_TIMEOUT_S = 600
+"""A checkout's first start compiles the feature kernels (numba, two minutes or more on two
+cores) before the API is ready; later starts load them from the cache in seconds."""
+
+
 def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "fraudstream", "api", "--port", str(port)],
@@ -151,8 +156,10 @@ def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API exited with {process.returncode} before it was ready")
         try:
             if httpx.get(f"http://{HOST}:{port}/health/ready", timeout=1).status_code == 200:
                 return process
