@@ -319,6 +319,10 @@ def test_prometheus_with_the_shipped_configuration_sees_what_postgres_stored(
         latencies = api.query("sum(fraudstream_event_to_decision_seconds_count)")
         assert latencies == {"": stored.transactions}
         assert api.query("max(fraudstream_consumer_lag_exact)") == {"": 0}
+        batches = api.query("sum(fraudstream_batch_size_count)")[""]
+        per_sink = api.query("sum by (sink) (fraudstream_sink_write_seconds_count)", by="sink")
+        assert {"PostgresSink", "DecisionsTopicSink"} <= set(per_sink)
+        assert set(per_sink.values()) == {batches}, "every sink stored every batch once"
         assert set(api.query("count by (worker) (fraudstream_worker_info)", by="worker")) == set(
             run.ports
         )

@@ -135,6 +135,20 @@ def test_a_batch_is_counted_once_every_sink_confirmed_it_and_never_if_given_up()
     assert value(scrape(metrics), "fraudstream_messages_consumed_total") == 6
 
 
+def test_each_sink_s_write_time_is_its_own_series() -> None:
+    metrics = WorkerMetrics("w1")
+    for seconds in (0.02, 0.03, 0.7):
+        metrics.sink_wrote("PostgresSink", seconds)
+    metrics.sink_wrote("DecisionsTopicSink", 0.004)
+    samples = scrape(metrics)
+    postgres = {"sink": "PostgresSink"}
+    assert value(samples, "fraudstream_sink_write_seconds_count", **postgres) == 3
+    assert value(samples, "fraudstream_sink_write_seconds_sum", **postgres) == pytest.approx(0.75)
+    assert value(samples, "fraudstream_sink_write_seconds_bucket", le="0.5", **postgres) == 2
+    topic = {"sink": "DecisionsTopicSink"}
+    assert value(samples, "fraudstream_sink_write_seconds_count", **topic) == 1
+
+
 def test_lag_follows_the_partitions_held_and_says_whether_it_is_exact() -> None:
     metrics = WorkerMetrics("w1")
     metrics.lag({0: 5, 3: -2}, exact=False)
@@ -201,11 +215,12 @@ def test_metric_names_are_exactly_the_series_exposed() -> None:
     written: Future[bool] = Future()
     metrics.batch_scored(scored([0.1] * 5), dead_letters=0, seconds=0.01, written=written)
     written.set_result(True)
+    metrics.sink_wrote("PostgresSink", 0.02)
     metrics.lag({0: 1}, exact=True)
     metrics.state(FeatureState(), now_s=0.0)
     exposed = {name for name, _ in scrape(metrics) if not name.endswith("_created")}
     assert exposed == SERIES_NAMES
-    assert len(METRIC_NAMES) == len(set(METRIC_NAMES)) == 17
+    assert len(METRIC_NAMES) == len(set(METRIC_NAMES)) == 18
     assert all(name.startswith("fraudstream_") for name in METRIC_NAMES)
 
 

@@ -74,6 +74,8 @@ HISTOGRAMS = {
     f"{PREFIX}batch_size": "Messages per stored batch (decided transactions and dead letters).",
     f"{PREFIX}batch_seconds": "Time to fold and score one batch.",
     f"{PREFIX}batch_write_seconds": "Time for every sink to confirm one batch, retries included.",
+    f"{PREFIX}sink_write_seconds": "Time for one sink to store one batch, by sink (a try that "
+    "succeeded; the sinks write side by side, so a batch waits for the slowest).",
     f"{PREFIX}event_to_decision_seconds": "Per transaction: decided_at minus the Kafka message "
     "timestamp (ingested_at).",
 }
@@ -118,6 +120,9 @@ class WorkerMetrics:
         self._batch_size = self._histogram("batch_size", BATCH_SIZE_BUCKETS)
         self._batch_seconds = self._histogram("batch_seconds", BATCH_SECONDS_BUCKETS)
         self._write_seconds = self._histogram("batch_write_seconds", BATCH_SECONDS_BUCKETS)
+        self._sink_seconds = self._labelled_histogram(
+            "sink_write_seconds", BATCH_SECONDS_BUCKETS, [*one, "sink"]
+        )
         self.event_to_decision = _BulkHistogram(
             f"{PREFIX}event_to_decision_seconds", LATENCY_BUCKETS, {"worker": worker}
         )
@@ -138,11 +143,13 @@ class WorkerMetrics:
         return Counter(full, COUNTERS[full], labels, registry=self.registry)
 
     def _histogram(self, name: str, buckets: Sequence[float]) -> Histogram:
+        return self._labelled_histogram(name, buckets, ["worker"]).labels(self.worker)
+
+    def _labelled_histogram(
+        self, name: str, buckets: Sequence[float], labels: list[str]
+    ) -> Histogram:
         full = f"{PREFIX}{name}"
-        metric = Histogram(
-            full, HISTOGRAMS[full], ["worker"], registry=self.registry, buckets=buckets
-        )
-        return metric.labels(self.worker)
+        return Histogram(full, HISTOGRAMS[full], labels, registry=self.registry, buckets=buckets)
 
     def _gauge(self, name: str, labels: list[str]) -> Gauge:
         full = f"{PREFIX}{name}"
@@ -180,6 +187,11 @@ class WorkerMetrics:
             self.batch_stored(frame, dead_letters)
 
         written.add_done_callback(done)
+
+    def sink_wrote(self, sink: str, seconds: float) -> None:
+        """One sink's try at storing one batch took `seconds` (when a batch waits long, this
+        says which server it waited for)."""
+        self._sink_seconds.labels(self.worker, sink).observe(seconds)
 
     def batch_stored(self, frame: pl.DataFrame, dead_letters: int) -> None:
         """Count a batch every sink confirmed: `frame` with `action`, `rules_fired`,

@@ -114,7 +114,7 @@ class Worker:
         self._metrics = metrics
         if metrics is not None:
             metrics.follow(self.totals)
-        self._writer = BatchWriter(sinks, backoff_max_s=backoff_max_s, timed=self.totals.add_time)
+        self._writer = BatchWriter(sinks, backoff_max_s=backoff_max_s, timed=self._sink_timed)
         self._in_flight: InFlight | None = None
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
@@ -260,6 +260,12 @@ class Worker:
             "reading %d partitions from %s (checkpoint %s)",
             len(self._partitions), self.state.seen or "the beginning", self.state.restored_from,
         )  # fmt: skip
+
+    def _sink_timed(self, sink: str, started: float) -> None:
+        """A sink stored a batch: its time goes to the totals and, served, to the metrics."""
+        self.totals.add_time(sink, started)
+        if self._metrics is not None:
+            self._metrics.sink_wrote(sink, time.perf_counter() - started)
 
     def _new_aligner(self) -> EventTimeAligner:
         # Memory is bounded by pausing full partitions (`_hold_full_partitions`), not by
