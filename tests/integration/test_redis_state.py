@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 import uuid
 
@@ -163,5 +165,33 @@ def test_a_forked_writer_stores_the_state_as_it_was_when_called(endpoints: Endpo
     for name, array in expected.items():
         assert np.array_equal(loaded[name], array), name
     assert state._write_s > 0, "the write's time spaces the next checkpoint"
+    store.clear()
+    store.close()
+
+
+@pytest.mark.skipif(not stream_state.FORK_WRITER, reason="the forked writer is Linux's")
+def test_a_writer_that_cannot_be_forked_skips_that_checkpoint_and_the_stream_goes_on(
+    endpoints: Endpoints, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A machine out of memory refuses the fork (ENOMEM): scoring must not stop for a
+    checkpoint, and the next call, once a fork works again, saves the state."""
+    store, _ = _store(endpoints)
+    state = StreamState(FeatureConfig(), store, checkpoint_interval_s=0.01, worker="w")
+    stream = generate(GeneratorConfig(seed=3, n_transactions=1_000)).transactions
+    state.features.advance(stream)
+    state.folded({0: 1_000})
+
+    def no_memory() -> int:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stream_state.os, "fork", no_memory)
+        state.save_checkpoint()  # must not raise
+    assert "could not be forked" in caplog.text
+    assert store.newest_within({0: 1_000}) is None
+    state.save_checkpoint()
+    state.close()
+    info = store.newest_within({0: 1_000})
+    assert info is not None and info.offsets == {0: 1_000}, "the next call saved it"
     store.clear()
     store.close()

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,18 +79,24 @@ class CheckpointStore:
     def save(
         self, arrays: Mapping[str, npt.NDArray[np.generic]], offsets: Mapping[int, int], worker: str
     ) -> CheckpointInfo:
-        """Store a checkpoint of `arrays` taken at `offsets`; returns what was stored."""
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)  # type: ignore[arg-type]
-        blob = buffer.getvalue()
-        starts = range(0, max(1, len(blob)), self._part_bytes)
+        """Store a checkpoint of `arrays` taken at `offsets`; returns what was stored.
+
+        The npz archive goes to Redis part by part as NumPy writes it, so no copy of the
+        whole archive is ever held: a checkpoint of a GB state costs one part of memory."""
+        checkpoint_id = f"{worker}-{uuid.uuid4().hex[:12]}"
+        parts = _PartWriter(
+            lambda n, data: self._redis.set(self._part_key(checkpoint_id, n), data, ex=self._ttl_s),
+            self._part_bytes,
+        )
+        np.savez(parts, **arrays)  # type: ignore[arg-type]
+        parts.close()
         info = CheckpointInfo(
-            id=f"{worker}-{uuid.uuid4().hex[:12]}",
+            id=checkpoint_id,
             offsets=dict(offsets),
             worker=worker,
             created_ms=int(time.time() * 1000),
-            size_bytes=len(blob),
-            parts=len(starts),
+            size_bytes=parts.size_bytes,
+            parts=parts.count,
         )
         meta = {
             "offsets": {str(p): o for p, o in info.offsets.items()},
@@ -99,9 +105,6 @@ class CheckpointStore:
             "size_bytes": info.size_bytes,
             "parts": info.parts,
         }
-        for key, start in zip(self._part_keys(info.id, info.parts), starts, strict=True):
-            # each part its own round trip: no buffer of the whole blob inside the client
-            self._redis.set(key, blob[start : start + self._part_bytes], ex=self._ttl_s)
         pipe = self._redis.pipeline(transaction=True)  # the meta last: listed only when whole
         pipe.set(self._key("checkpoint", info.id, "meta"), json.dumps(meta), ex=self._ttl_s)
         pipe.zadd(self._key("checkpoints"), {info.id: info.created_ms})
@@ -161,7 +164,10 @@ class CheckpointStore:
         return kept
 
     def _part_keys(self, checkpoint_id: str, parts: int) -> list[str]:
-        return [self._key("checkpoint", checkpoint_id, f"state:{n}") for n in range(parts)]
+        return [self._part_key(checkpoint_id, n) for n in range(parts)]
+
+    def _part_key(self, checkpoint_id: str, n: int) -> str:
+        return self._key("checkpoint", checkpoint_id, f"state:{n}")
 
     def newest_first(self) -> Iterator[CheckpointInfo]:
         """Every stored checkpoint, newest first."""
@@ -205,3 +211,37 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+class _PartWriter(io.RawIOBase):
+    """A write-only stream that hands its bytes on in parts of `part_bytes` (the last one
+    shorter) to `put(index, data)`, as they fill. Not seekable: `zipfile`, and so `np.savez`,
+    then writes the archive front to back."""
+
+    def __init__(self, put: Callable[[int, bytes], object], part_bytes: int) -> None:
+        super().__init__()
+        self._put = put
+        self._part_bytes = part_bytes
+        self._pending = bytearray()
+        self.count = 0
+        self.size_bytes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._pending += data
+        self.size_bytes += len(data)
+        while len(self._pending) >= self._part_bytes:
+            self._flush_part(self._part_bytes)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed and (self._pending or self.count == 0):
+            self._flush_part(len(self._pending))
+        super().close()
+
+    def _flush_part(self, size: int) -> None:
+        self._put(self.count, bytes(self._pending[:size]))
+        del self._pending[:size]
+        self.count += 1

@@ -133,10 +133,15 @@ class StreamState:
             self._sending.result()
         if not self.seen or self.seen == self._saved_at:
             return  # nothing folded since the last one
-        self._saved_at = dict(self.seen)
+        previous, self._saved_at = self._saved_at, dict(self.seen)
         started = time.perf_counter()
         if FORK_WRITER and not wait:
-            writer = self._fork_writer(self.checkpoints, dict(self.seen))
+            try:
+                writer = self._fork_writer(self.checkpoints, dict(self.seen))
+            except OSError as error:  # no memory or processes left for a child, for now
+                log.warning("checkpoint skipped: its writer could not be forked (%s)", error)
+                self._saved_at = previous  # the next call tries again
+                return
             self._sending = self._sender.submit(self._reap, writer, started)
         else:
             arrays = self.features.snapshot()
@@ -156,7 +161,7 @@ class StreamState:
             return pid
         code = 1
         try:
-            self._send(store.reopened(), self.features.snapshot(), seen)
+            self._send(store.reopened(), self.features.snapshot(copy=False), seen)
             code = 0
         except BaseException:
             log.exception("checkpoint writer failed")

@@ -21,13 +21,14 @@ from fraudstream.core.features.pool import Pool, new_pool
 Arrays = dict[str, npt.NDArray[np.generic]]
 
 
-def key_table_arrays(prefix: str, keys: KeyTable) -> Arrays:
-    return {
-        f"{prefix}.table": keys.table.copy(),
-        f"{prefix}.keys": keys.keys.copy(),
-        f"{prefix}.free": keys.free.copy(),
-        f"{prefix}.top": keys.top.copy(),
+def key_table_arrays(prefix: str, keys: KeyTable, copy: bool = True) -> Arrays:
+    arrays: Arrays = {
+        f"{prefix}.table": keys.table,
+        f"{prefix}.keys": keys.keys,
+        f"{prefix}.free": keys.free,
+        f"{prefix}.top": keys.top,
     }
+    return {name: array.copy() for name, array in arrays.items()} if copy else arrays
 
 
 def restored_key_table(prefix: str, arrays: Mapping[str, npt.NDArray[np.generic]]) -> KeyTable:

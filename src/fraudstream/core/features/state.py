@@ -305,23 +305,30 @@ class FeatureState:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def snapshot(self) -> Arrays:
-        """The whole state as named arrays, copied: safe to serialise while batches go on."""
+    def snapshot(self, copy: bool = True) -> Arrays:
+        """The whole state as named arrays, copied: safe to serialise while batches go on.
+        `copy=False` hands the entity rows and key tables over as they are (the pools are
+        gathered into new blocks either way): for a forked child, whose memory is already
+        frozen, where copies only cost memory."""
+
+        def kept(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+            return array.copy() if copy else array
+
         arrays: Arrays = {
-            "params": self._params.copy(),
-            "account_windows": self._account_windows.copy(),
-            "place_windows": self._place_windows.copy(),
-            "meta": self._meta.copy(),
+            "params": kept(self._params),
+            "account_windows": kept(self._account_windows),
+            "place_windows": kept(self._place_windows),
+            "meta": kept(self._meta),
         }
         for k, kind in enumerate(ENTITY_KINDS):
             entities = self._entities[kind]
-            arrays |= key_table_arrays(f"{kind}.keys", entities.keys)
-            arrays[f"{kind}.ints"] = entities.ints.copy()
-            arrays[f"{kind}.floats"] = entities.floats.copy()
+            arrays |= key_table_arrays(f"{kind}.keys", entities.keys, copy)
+            arrays[f"{kind}.ints"] = kept(entities.ints)
+            arrays[f"{kind}.floats"] = kept(entities.floats)
             arrays |= pool_arrays(f"{kind}.events", self._events[k])
         for kind, pairs in zip(PLACE_KINDS, self._pairs, strict=True):
-            arrays |= key_table_arrays(f"{kind}.pairs.keys", pairs.keys)
-            arrays[f"{kind}.pairs.counts"] = pairs.ints.copy()
+            arrays |= key_table_arrays(f"{kind}.pairs.keys", pairs.keys, copy)
+            arrays[f"{kind}.pairs.counts"] = kept(pairs.ints)
         for b, pool in enumerate(self._buckets):
             arrays |= pool_arrays(f"buckets{b}", pool)
         arrays |= pool_arrays("novelty", self._novelty)
