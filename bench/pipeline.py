@@ -16,26 +16,31 @@ Four figures, one embedded stack, one JSON line:
   (10 s, or 60 s for runs over ten minutes: the embedded broker slows as a partition's log
   grows, so one figure could hide a drift), and per window what the worker's own metrics say
   (`worker_over_time`: batches, mean ms to fold and score one and for the sinks to confirm
-  one, state size), so a drift can be placed; beside it the broker's floor: the same rate
-  through the same producer settings to a plain consumer, published → consumed, no scoring.
+  one, each sink's mean, the batches that stalled, state size, and the CPU and memory of the
+  broker, Postgres, Redis and Python processes), so a drift can be placed; beside it the
+  broker's floor: the same rate through the same producer settings to a plain consumer,
+  published → consumed, no scoring. `flagged_share` says how much of the stream was flagged
+  (each flag also writes a case, an alert and a `fraud_transactions` row).
 
 `--parts` runs only some of them. The steady runs spread the generated stream's event times
 over `--duration`, so event time keeps pace with the wall clock and the feature windows hold
-what they would in production at that rate (a population of one customer per 50
-transactions). A one-hour run on settings that keep the embedded broker steady:
+what they would in production at that rate (the populations `steady_stream` sizes from the
+rate). A one-hour run on settings that keep the embedded broker steady:
 
     python bench/pipeline.py --parts floor,latency --duration 3600 --floor-duration 300 \
         --partitions 1 --linger-ms 250 --state memory
 
-(`--state memory`: the state of an hour at 2 k tx/s, day-long windows, grows to about 5 GB,
-and the embedded Redis keeping the two newest checkpoints of it, beside the memory-only broker
-holding the hour's messages, is more than a 24 GB machine holds.)
+(`--state memory`: the state of an hour at 2 k tx/s, day-long windows and a few million
+cards, grows to several GB (2.1 GB after six minutes), and the embedded Redis keeping the
+two newest checkpoints of it, beside the memory-only broker holding the hour's messages, is
+more than a 24 GB machine holds.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -78,10 +83,28 @@ class Tuning:
     state: str = "redis"
 
 
+VELOCITY_WINDOW_S = 600
+"""The default rules' velocity windows: ten minutes."""
+
+
 def steady_stream(rate: float, duration: float) -> pl.DataFrame:
-    """`rate * duration` transactions whose event times span `duration` seconds."""
+    """`rate * duration` transactions whose event times span `duration` seconds.
+
+    The generated month is squeezed into `duration`, so its populations are sized for the
+    rate: about two customers per transaction of a velocity window, and one merchant per two,
+    keep a card's and a merchant's ten-minute counts near what they are in production, and
+    the share of flagged transactions down to about a tenth (the generator's fraud scenarios
+    squeezed into minutes, and first-seen devices and countries of a young state). A smaller
+    population makes every card look like a velocity attack and floods the sinks with cases
+    and alerts (86 % flagged, with one customer per 50 transactions)."""
     count = int(rate * duration)
-    config = GeneratorConfig(seed=6, n_transactions=count, n_customers=max(10_000, count // 50))
+    in_window = int(rate * min(duration, VELOCITY_WINDOW_S))
+    config = GeneratorConfig(
+        seed=6,
+        n_transactions=count,
+        n_customers=max(10_000, min(count, 2 * in_window)),
+        n_merchants=max(2_000, in_window // 2),
+    )
     frame = generate(config).transactions
     micros = frame.get_column("timestamp").dt.epoch("us")
     first, span = micros.min(), max(1, micros.max() - micros.min())
@@ -221,20 +244,27 @@ def latency(
         "duration_s": duration,
         **_stored_percentiles(url, duration),
         "worker_over_time": sampler.windows,
+        "sampler_errors": {"count": sampler.errors, "last": sampler.last_error},
     }
 
 
 class WorkerSampler(threading.Thread):
     """Every `window_s`, what the worker's own metrics say about that window: batches, mean
-    time to fold and score one, mean time for the sinks to confirm one, and the feature
-    state's size. When latency drifts over a long run, these say which side moved."""
+    time to fold and score one, mean time for the sinks to confirm one (and each sink's own),
+    batches whose scoring took over 250 ms and writes that took over 500 ms (stalls a mean
+    hides), the feature state's size, and the CPU and memory of
+    the servers (`ProcessSampler`). When latency drifts over a long run, these say which side
+    moved. A failed scrape is counted and its error kept, never silently dropped."""
 
     def __init__(self, settings: Settings, window_s: int) -> None:
         super().__init__(daemon=True)
         self._settings = settings
         self._window_s = window_s
         self._halt = threading.Event()
+        self._processes = ProcessSampler()
         self.windows: list[dict] = []
+        self.errors = 0
+        self.last_error: str | None = None
 
     def stop(self) -> None:
         self._halt.set()
@@ -242,10 +272,13 @@ class WorkerSampler(threading.Thread):
 
     def run(self) -> None:
         started, before = time.monotonic(), self._read()
+        self._processes.sample()
         while not self._halt.wait(self._window_s):
             now = self._read()
+            processes = self._processes.sample()
             if now and before:
-                self.windows.append(self._window(time.monotonic() - started, before, now))
+                figures = self._window(time.monotonic() - started, before, now)
+                self.windows.append({**figures, "processes": processes})
             before = now or before
 
     def _window(self, at_s: float, before: dict, now: dict) -> dict:
@@ -253,26 +286,108 @@ class WorkerSampler(threading.Thread):
         figures: dict = {"t_s": round(at_s), "batches": int(batches)}
         if batches:
             for metric, name in PER_BATCH.items():
-                spent = now[f"{metric}_sum"] - before[f"{metric}_sum"]
-                figures[name] = round(1000 * spent / batches, 1)
+                figures[name] = _mean_ms(before, now, metric)
+            figures["scores_over_250ms"] = _over(before, now, "fraudstream_batch_seconds", "0.25")
+            figures["writes_over_500ms"] = _over(
+                before, now, "fraudstream_batch_write_seconds", "0.5"
+            )
+        sinks = sorted({k.split('"')[1] for k in now if k.startswith(f"{SINK_SECONDS}_sum")})
+        figures["sink_ms"] = {sink: _mean_ms(before, now, SINK_SECONDS, sink) for sink in sinks}
         figures["state_mb"] = round(now.get("fraudstream_state_bytes", 0.0) / 1e6, 1)
         return figures
 
     def _read(self) -> dict | None:
-        """Every sample of the (one) worker's metrics by name; None while it serves none."""
+        """Every sample of the (one) worker's metrics, keyed by name plus the `le` or `sink`
+        label where it has one; None while it serves none, or when the scrape failed."""
         ports = list(metrics_endpoints(self._settings).values())
         if not ports:
             return None
         try:
-            text = httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5).text
-        except httpx.HTTPError:
+            text = httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=15).text
+        except httpx.HTTPError as error:
+            self.errors += 1
+            self.last_error = f"{type(error).__name__}: {error}"
             return None
-        samples = {
-            sample.name: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                label = next((f'{k}="{v}"' for k, v in sample.labels.items() if k in KEYED), "")
+                samples[f"{sample.name}{{{label}}}" if label else sample.name] = sample.value
         return samples if "fraudstream_batch_seconds_count" in samples else None
+
+
+SINK_SECONDS = "fraudstream_sink_write_seconds"
+KEYED = ("le", "sink")
+
+
+def _delta(before: dict, now: dict, key: str) -> float:
+    return now.get(key, 0.0) - before.get(key, 0.0)
+
+
+def _over(before: dict, now: dict, histogram: str, le: str) -> int:
+    """Observations of `histogram` in the window above its bucket `le`."""
+    over = _delta(before, now, f"{histogram}_count")
+    return int(over - _delta(before, now, f'{histogram}_bucket{{le="{le}"}}'))
+
+
+def _mean_ms(before: dict, now: dict, metric: str, sink: str | None = None) -> float | None:
+    label = f'{{sink="{sink}"}}' if sink else ""
+    count = _delta(before, now, f"{metric}_count{label}")
+    spent = _delta(before, now, f"{metric}_sum{label}")
+    return round(1000 * spent / count, 1) if count else None
+
+
+class ProcessSampler:
+    """CPU (% of one core) and resident memory of this machine's processes, summed by program
+    name (the broker `tansu`, `postgres` with its backends, `redis-server`, `python`: the
+    worker and this bench), between two calls of `sample`. Read from /proc (Linux only; an
+    empty answer elsewhere)."""
+
+    def __init__(self) -> None:
+        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._last: tuple[float, dict[int, tuple[str, int]]] | None = None
+
+    def sample(self) -> dict[str, dict[str, float]]:
+        now, current = time.monotonic(), self._read()
+        last, self._last = self._last, (now, current)
+        if last is None:
+            return {}
+        elapsed = now - last[0]
+        groups: dict[str, dict[str, float]] = {}
+        for pid, (name, cpu) in current.items():
+            group = groups.setdefault(name, {"cpu_pct": 0.0, "rss_mb": 0.0})
+            before = last[1].get(pid)
+            spent = cpu - before[1] if before and before[0] == name else cpu
+            group["cpu_pct"] += 100 * spent / self._ticks / elapsed
+            group["rss_mb"] += self._rss_mb(pid)
+        return {
+            name: {k: round(v, 1) for k, v in figures.items()}
+            for name, figures in groups.items()
+            if name in WATCHED
+        }
+
+    def _read(self) -> dict[int, tuple[str, int]]:
+        found = {}
+        for entry in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = entry.read_text()
+            except OSError:  # gone meanwhile
+                continue
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text[text.rindex(")") + 2 :].split()
+            found[int(entry.parent.name)] = (name, int(fields[11]) + int(fields[12]))
+        return found
+
+    def _rss_mb(self, pid: int) -> float:
+        try:
+            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0.0
+        return pages * self._page / 1e6
+
+
+WATCHED = ("tansu", "postgres", "redis-server", "python", "fraudstream")
 
 
 def _stored_percentiles(url: str, duration: float) -> dict:
@@ -286,6 +401,7 @@ def _stored_percentiles(url: str, duration: float) -> dict:
     )
     with psycopg.connect(url, autocommit=True) as connection:
         rows, p50, p99 = connection.execute(f"SELECT {quantiles} FROM transactions").fetchone()
+        flagged = connection.execute("SELECT count(*) FROM fraud_transactions").fetchone()[0]
         windows = connection.execute(
             f"SELECT floor(extract(epoch FROM ingested_at - (SELECT min(ingested_at)"
             f" FROM transactions)) / %s)::int AS w, {quantiles} FROM transactions"
@@ -296,6 +412,7 @@ def _stored_percentiles(url: str, duration: float) -> dict:
         return {"rows": 0}
     return {
         "rows": rows,
+        "flagged_share": round(flagged / rows, 4),
         "p50_ms": round(p50, 1),
         "p99_ms": round(p99, 1),
         "window_s": window,
