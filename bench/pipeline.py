@@ -362,12 +362,11 @@ class ProcessSampler:
             group["cpu_pct"] += 100 * spent / self._ticks / elapsed
             group["rss_mb"] += self._rss_mb(pid)
         return {
-            name: {k: round(v, 1) for k, v in figures.items()}
-            for name, figures in groups.items()
-            if name in WATCHED
+            name: {k: round(v, 1) for k, v in figures.items()} for name, figures in groups.items()
         }
 
     def _read(self) -> dict[int, tuple[str, int]]:
+        """CPU ticks so far of every process of a `WATCHED` program, by pid."""
         found = {}
         for entry in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -375,6 +374,8 @@ class ProcessSampler:
             except OSError:  # gone meanwhile
                 continue
             name = text[text.index("(") + 1 : text.rindex(")")]
+            if name not in WATCHED:
+                continue
             fields = text[text.rindex(")") + 2 :].split()
             found[int(entry.parent.name)] = (name, int(fields[11]) + int(fields[12]))
         return found
