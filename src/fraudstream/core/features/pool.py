@@ -31,6 +31,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from fraudstream.core.features.arena import growable_zeros, with_rows
+
 NO_CHUNK = -1
 NO_TIME = np.iinfo(np.int64).min
 EVENT_FIELDS = 6
@@ -53,53 +55,38 @@ def new_pool(n_chunks: int, chunk_size: int, fields: int, back_links: bool = Fal
     meta_fields = META_FIELDS + int(back_links)
     if fields < meta_fields:
         raise ValueError(f"a pool record needs at least {meta_fields} fields")
-    block = np.zeros((n_chunks, chunk_size + 1, fields), np.int64)
-    _clear_meta(block, 0, meta_fields)
-    return _over_block(block, meta_fields, np.arange(n_chunks - 1, -1, -1, dtype=np.int64))
+    block = growable_zeros(n_chunks, (chunk_size + 1, fields), np.int64)
+    free = growable_zeros(n_chunks, (), np.int64)
+    free[:] = np.arange(n_chunks - 1, -1, -1, dtype=np.int64)
+    return _over_block(block, meta_fields, free, top=n_chunks)
 
 
 def grown(pool: Pool, min_free: int) -> Pool:
     """The same pool with at least `min_free` free chunks (doubling), or the pool itself.
 
-    Growing stops scoring while it runs, so it copies the pool's one underlying block in a
-    single contiguous pass (records and meta rows are interleaved in it): growing a 430 MB
-    pool into memory the process had used before took 0.16 s, where copying the strided
-    record and meta views took 0.55 s. Into fresh memory, the first touch of every page costs
-    more than either (1-3.5 s for 1.7 GB on the benchmark's VM): a pool that grows without
-    copying or touching its new pages at once is the next step."""
+    The pool's block and free stack are growable arrays (`arena.py`): growing lengthens them
+    in place, and the new chunks' memory is only touched when the walk takes them (a free
+    chunk's meta is never read: `take_chunk` sets it). The pool handed in shares its memory
+    with the one returned and must not be used again. Growing is then as cheap as writing the
+    new chunk ids onto the free stack, where a copy of a 1.7 GB pool into fresh memory took
+    1-3.5 s on the benchmark's VM.
+    """
     free = int(pool.top[0])
     if free >= min_free:
         return pool
     old_block = _block_of(pool)
     old = old_block.shape[0]
     new = max(2 * old, old + min_free - free)
-    block = np.empty((new, *old_block.shape[1:]), np.int64)
-    block[:old] = old_block
-    block[old:] = 0
-    meta_fields = int(pool.m.shape[1])
-    _clear_meta(block, old, meta_fields)
-    stack = np.zeros(new, np.int64)
-    added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
-    stack[: len(added)] = added
-    stack[len(added) : len(added) + free] = pool.free[:free]
-    return _over_block(block, meta_fields, stack, top=len(added) + free)
-
-
-def _clear_meta(block: npt.NDArray[np.int64], start: int, meta_fields: int) -> None:
-    """Mark chunks `start:` of a zeroed block as empty: no next chunk, no newest time (and no
-    previous chunk, with back links)."""
-    meta = block[start:, 0, :meta_fields]
-    meta[:, 1] = NO_CHUNK
-    meta[:, 2] = NO_TIME
-    if meta_fields > META_FIELDS:
-        meta[:, PREV] = NO_CHUNK
+    block = with_rows(old_block, new)
+    stack = with_rows(pool.free, new)
+    added = new - old
+    stack[added : added + free] = stack[:free].copy()  # the chunks freed before go on top
+    stack[:added] = np.arange(new - 1, old - 1, -1, dtype=np.int64)
+    return _over_block(block, int(pool.m.shape[1]), stack, top=added + free)
 
 
 def _over_block(
-    block: npt.NDArray[np.int64],
-    meta_fields: int,
-    free: npt.NDArray[np.int64],
-    top: int | None = None,
+    block: npt.NDArray[np.int64], meta_fields: int, free: npt.NDArray[np.int64], top: int
 ) -> Pool:
     """The pool whose chunks are the rows of `block`: row 0 of each chunk its meta, the
     rest its records."""
@@ -108,17 +95,25 @@ def _over_block(
         f=block.view(np.float64)[:, 1:, :],
         m=block[:, 0, :meta_fields],
         free=free,
-        top=np.array([block.shape[0] if top is None else top], np.int64),
+        top=np.array([top], np.int64),
     )
 
 
 def _block_of(pool: Pool) -> npt.NDArray[np.int64]:
-    """The block a pool's records are a view of (every pool is made by `new_pool`)."""
-    block = pool.i.base
+    """The block a pool's records are a view of (every pool is made by `new_pool`): the
+    leading rows of its growable mapping, or the array the fallback allocated."""
     n_chunks, chunk_size, fields = pool.i.shape
-    if not isinstance(block, np.ndarray) or block.shape != (n_chunks, chunk_size + 1, fields):
+    shape = (n_chunks, chunk_size + 1, fields)
+    base = pool.i.base
+    if isinstance(base, np.ndarray) and base.ndim == 1 and base.size >= np.prod(shape):
+        base = base[: int(np.prod(shape))].reshape(shape)
+    if not isinstance(base, np.ndarray) or base.shape != shape or not _same_start(base, pool.m):
         raise TypeError("not a pool made by new_pool")
-    return block
+    return base
+
+
+def _same_start(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> bool:
+    return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def has_back_links(pool: Pool) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraudstream.core.errors import SnapshotError
+from fraudstream.core.features.arena import growable_copy
 from fraudstream.core.features.keys import KeyTable
 from fraudstream.core.features.pool import Pool, new_pool
 
@@ -101,13 +102,14 @@ def check_same(
 def saved_rows(
     arrays: Mapping[str, npt.NDArray[np.generic]], name: str, like: npt.NDArray[Any]
 ) -> npt.NDArray[Any]:
-    """A copy of the saved rows `name`, which must be as wide as `like` (this configuration's)."""
+    """A growable copy of the saved rows `name`, which must be as wide as `like` (this
+    configuration's)."""
     rows = saved_array(arrays, name, like.dtype.type)
     if rows.ndim != 2 or rows.shape[1] != like.shape[1]:
         raise SnapshotError(
             f"{name}: rows of shape {rows.shape[1:]}, this configuration builds {like.shape[1:]}"
         )
-    return rows.copy()
+    return growable_copy(rows)
 
 
 def saved_array(

@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from fraudstream.core.features.account import BUCKET_RECORD_FIELDS
+from fraudstream.core.features.arena import growable_zeros, with_rows
 from fraudstream.core.features.config import (
     ENTITY_KINDS,
     NOVELTY_FIELDS,
@@ -37,7 +38,7 @@ from fraudstream.core.features.kernels import (
     P_TTL,
     window_columns,
 )
-from fraudstream.core.features.keys import KeyTable, live_keys, new_key_table, reserved
+from fraudstream.core.features.keys import live_keys, new_key_table, reserved
 from fraudstream.core.features.novelty import NOVELTY_RECORD_FIELDS
 from fraudstream.core.features.pool import (
     EVENT_FIELDS,
@@ -164,19 +165,22 @@ class _Rows:
     Entities are one use (a row per card, merchant, ...: `int_columns` and `float_columns`
     wide); the (place, card) pairs of the sliding windows another (int rows only). A row is
     cleared by the kernel when its slot is handed to a key, so rows start as plain zeros here
-    and free rows are never read.
+    and free rows are never read. The rows are growable arrays (`arena.py`): a key table
+    that doubles lengthens them in place.
     """
 
     def __init__(self, capacity: int, int_columns: int, float_columns: int) -> None:
         self.keys = new_key_table(capacity)
-        self.ints = np.zeros((capacity, int_columns), np.int64)
-        self.floats = np.zeros((capacity, float_columns), np.float64)
+        self.ints: npt.NDArray[np.int64] = growable_zeros(capacity, (int_columns,), np.int64)
+        self.floats: npt.NDArray[np.float64] = growable_zeros(
+            capacity, (float_columns,), np.float64
+        )
 
     def reserve(self, new_keys: int) -> None:
         """Room for `new_keys` first-seen keys; rows keep their slots."""
         self.keys = reserved(self.keys, new_keys)
-        self.ints = _grown_rows(self.ints, self.keys)
-        self.floats = _grown_rows(self.floats, self.keys)
+        self.ints = with_rows(self.ints, self.keys.keys.shape[0])
+        self.floats = with_rows(self.floats, self.keys.keys.shape[0])
 
     @property
     def live(self) -> int:
@@ -184,19 +188,9 @@ class _Rows:
 
     def memory_bytes(self) -> int:
         """Rows and key-table entries of live keys (the table's load is at most 1/2)."""
-        row = (self.ints.shape[1] + self.floats.shape[1]) * 8
+        row = int(self.ints.shape[1] + self.floats.shape[1]) * 8
         key = 8 + 2 * 16
         return self.live * (row + key)
-
-
-def _grown_rows(rows: _Array, keys: KeyTable) -> _Array:
-    """`rows` with as many rows as the key table has slots (zeros added at the end)."""
-    old, slots = rows.shape[0], keys.keys.shape[0]
-    if slots <= old:
-        return rows
-    grown_rows = np.zeros((slots, rows.shape[1]), rows.dtype)
-    grown_rows[:old] = rows
-    return grown_rows
 
 
 class FeatureState:
