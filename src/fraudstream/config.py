@@ -82,7 +82,17 @@ class KafkaSettings(BaseModel):
     """How long the transaction producer gathers messages into one record batch. The embedded
     broker's cost per fetch grows with the batches a partition ever stored (it has no
     retention), so runs over ~10 minutes on it want fewer, larger batches: 250 ms with one
-    partition held an hour's log at a steady p50/p99 of 155/294 ms (see DESIGN.md)."""
+    partition held the whole pipeline at p50/p99 195/343 ms over an hour at 2 k tx/s (the
+    broker alone: 164/304 ms; see `bench/pipeline.py`)."""
+    fetch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    """How long the broker may hold a consumer's fetch when nothing new is there. A Kafka
+    cluster answers as soon as a message arrives, so there a longer wait costs no latency and
+    saves requests. The embedded broker does not answer early (a message that arrives waits
+    out the fetch) and lists all of a partition's record batches on each fetch, so its cost
+    grows with fetches x batches held: at 10 ms a consumer fetched ~100 times a second and,
+    with 15 k batches held (an hour at `linger_ms` 250), took the broker to 20-45 % of a core
+    and p99 to 0.4-0.9 s; at 50 ms it stayed at 9 % and p99 318 ms (the wait costs ~8 ms of
+    p50 on an empty log)."""
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:

@@ -141,11 +141,16 @@ def test_keys_roles_and_rate_limits_are_enforced(api: Api) -> None:
     assert audit == [("create",), ("revoke",)]
 
     assert httpx.get(f"{api.url}/health/live", timeout=10).status_code == 200
+    assert httpx.get(f"{api.url}/openapi.json", timeout=10).status_code == 200
+    assert httpx.get(f"{api.url}/no/such/route", timeout=10).status_code == 404
     metrics = httpx.get(f"{api.url}/metrics", timeout=10)
     assert metrics.status_code == 200
-    assert 'fraudstream_api_requests_total{route="/v1/transactions/score",status="429"}' in (
-        metrics.text
-    )
+    for label in (
+        'route="/v1/transactions/score",status="429"',
+        'route="/openapi.json",status="200"',
+        'route="unmatched",status="404"',
+    ):
+        assert f"fraudstream_api_requests_total{{{label}}}" in metrics.text, label
 
 
 @pytest.mark.parametrize(

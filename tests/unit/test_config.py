@@ -92,6 +92,7 @@ def test_sasl_without_credentials_is_rejected_naming_what_is_missing(
     [
         ("FRAUDSTREAM_KAFKA__PARTITIONS", "0", "kafka.partitions"),
         ("FRAUDSTREAM_KAFKA__SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
+        ("FRAUDSTREAM_KAFKA__FETCH_WAIT_MS", "0", "kafka.fetch_wait_ms"),
         ("FRAUDSTREAM_STACK__START_TIMEOUT_S", "soon", "stack.start_timeout_s"),
     ],
 )

@@ -20,13 +20,13 @@ CONSUMER_DEFAULTS = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
-    "fetch.wait.max.ms": 10,
+    "fetch.wait.max.ms": 50,
     "enable.partition.eof": True,
     "partition.assignment.strategy": "cooperative-sticky",
 }
 """Offsets are committed by the worker; a fresh group starts from the beginning of the log;
-a fetch returns within 10 ms when data is there (latency over request count); the end of
-a partition is reported, so the worker's event-time alignment need not wait for it."""
+an empty fetch waits 50 ms (`KafkaSettings.fetch_wait_ms`); the end of a partition is
+reported, so the worker's event-time alignment need not wait for it."""
 
 DECISION_FIELDS = (
     "transaction_id", "card_ref", "customer_id", "merchant_id", "amount", "currency", "score",

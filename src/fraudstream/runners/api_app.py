@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from fraudstream import __version__
 from fraudstream.adapters.api_keys import ApiKey
@@ -226,16 +226,19 @@ def _methods_of(request: Request) -> str:
 
 
 def _add_timing(app: FastAPI, runtime: Runtime) -> None:
-    app.add_middleware(_Timing, runtime=runtime)  # type: ignore[arg-type]
+    app.add_middleware(_Timing, runtime=runtime, routes=app.router.routes)  # type: ignore[arg-type]
 
 
 class _Timing:
     """Every request's route, status and time, to `Runtime.observe` (a plain ASGI middleware:
     Starlette's `BaseHTTPMiddleware` costs more than the trivial route it would time)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], runtime: Runtime) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], runtime: Runtime, routes: list[BaseRoute]
+    ) -> None:
         self._app = app
         self._runtime = runtime
+        self._routes = routes
 
     async def __call__(
         self,
@@ -258,8 +261,21 @@ class _Timing:
         try:
             await self._app(scope, receive, sending)
         finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
-            self._runtime.observe(path, status, time.perf_counter() - started)
+            self._runtime.observe(self._label(scope), status, time.perf_counter() - started)
+
+    def _label(self, scope: dict[str, Any]) -> str:
+        """The matched route's path template. FastAPI's routes (and the score route) put
+        themselves in the scope; Starlette's plain ones (`/openapi.json`, `/docs`) leave only
+        their endpoint, found here by a walk that only such rare requests take."""
+        route = scope.get("route")
+        if route is not None:
+            return str(route.path)
+        endpoint = scope.get("endpoint")
+        if endpoint is not None:
+            for candidate in self._routes:
+                if getattr(candidate, "endpoint", None) is endpoint:
+                    return str(getattr(candidate, "path", "unmatched"))
+        return "unmatched"
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

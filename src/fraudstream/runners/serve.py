@@ -119,7 +119,12 @@ def build_worker(
     worker = settings.worker
     return Worker(
         group=new_consumer(client, worker.group_id, worker.session_timeout_ms),
-        reader=new_consumer(client, f"{worker.group_id}.reader", worker.session_timeout_ms),
+        reader=new_consumer(
+            client,
+            f"{worker.group_id}.reader",
+            worker.session_timeout_ms,
+            **{"fetch.wait.max.ms": kafka.fetch_wait_ms},
+        ),
         topic=kafka.transactions_topic,
         engine=engine_source(settings, config),
         state=StreamState(
