@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fraudstream.core.features.arena import start_address
 from fraudstream.core.features.pool import chunk_bytes, grown, new_pool, take_chunk
 
 
@@ -27,7 +28,7 @@ def test_a_grown_pool_keeps_every_chunk_and_its_free_stack_and_adds_empty_chunks
     top = int(bigger.top[0])
     assert top == 10
     assert bigger.free[:top].tolist() == [15, 14, 13, 12, 11, 10, 9, 8, 6, 3]
-    assert _address(bigger.i) == _address(pool.i), "grown in place, not copied"
+    assert start_address(bigger.i) == start_address(pool.i), "grown in place, not copied"
     bigger.i[9, 0, 0] = 77
     assert bigger.f[9, 0, 0] == np.int64(77).view(np.float64), "i and f share one block"
     assert grown(bigger, min_free=10) is bigger, "room enough: nothing to do"
@@ -51,10 +52,6 @@ def test_growing_a_pool_does_not_touch_the_memory_it_adds() -> None:
     assert grew < added * chunk_bytes(pool) // 10, f"grew {grew} bytes"  # the free stack: ~2 %
     pool.i[-1, -1, -1] = 5  # the last chunk is real memory
     assert pool.i[-1, -1, -1] == 5
-
-
-def _address(array: np.ndarray) -> int:
-    return int(array.__array_interface__["data"][0])
 
 
 def _resident_bytes() -> int:

@@ -69,6 +69,12 @@ def with_rows(array: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
     return copy
 
 
+def start_address(array: npt.NDArray[Any]) -> int:
+    """The address of an array's first element: two arrays that start at the same one are
+    views of the same memory from the same place."""
+    return int(array.__array_interface__["data"][0])
+
+
 def is_growable(array: npt.NDArray[Any]) -> bool:
     """Whether `array` is a view of a reserved mapping that `with_rows` extends in place."""
     return _mapping_of(array) is not None
@@ -100,7 +106,7 @@ def _mapping_of(array: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
         return None
     if not array.flags.c_contiguous or array.dtype != whole.dtype:
         return None
-    if array.__array_interface__["data"][0] != whole.__array_interface__["data"][0]:
+    if start_address(array) != start_address(whole):
         return None
     return whole
 

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from fraudstream.core.features.arena import growable_zeros, with_rows
+from fraudstream.core.features.arena import growable_zeros, start_address, with_rows
 
 NO_CHUNK = -1
 NO_TIME = np.iinfo(np.int64).min
@@ -107,13 +107,13 @@ def _block_of(pool: Pool) -> npt.NDArray[np.int64]:
     base = pool.i.base
     if isinstance(base, np.ndarray) and base.ndim == 1 and base.size >= np.prod(shape):
         base = base[: int(np.prod(shape))].reshape(shape)
-    if not isinstance(base, np.ndarray) or base.shape != shape or not _same_start(base, pool.m):
+    if (
+        not isinstance(base, np.ndarray)
+        or base.shape != shape
+        or start_address(base) != start_address(pool.m)
+    ):
         raise TypeError("not a pool made by new_pool")
     return base
-
-
-def _same_start(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> bool:
-    return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def has_back_links(pool: Pool) -> bool:
