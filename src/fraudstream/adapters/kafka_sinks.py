@@ -14,18 +14,19 @@ import polars as pl
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from fraudstream.adapters.kafka import PRODUCER_DEFAULTS
+from fraudstream.config import KafkaSettings
 from fraudstream.ports import ScoredBatch, SinkUnavailable
 
 CONSUMER_DEFAULTS = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
-    "fetch.wait.max.ms": 50,
+    "fetch.wait.max.ms": KafkaSettings.model_fields["fetch_wait_ms"].default,
     "enable.partition.eof": True,
     "partition.assignment.strategy": "cooperative-sticky",
 }
 """Offsets are committed by the worker; a fresh group starts from the beginning of the log;
-an empty fetch waits 50 ms (`KafkaSettings.fetch_wait_ms`); the end of a partition is
+an empty fetch waits as long as `kafka.fetch_wait_ms` says by default; the end of a partition is
 reported, so the worker's event-time alignment need not wait for it."""
 
 DECISION_FIELDS = (
