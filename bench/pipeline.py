@@ -25,6 +25,7 @@ Four figures, one embedded stack, one JSON line:
 `--rounds` runs the throughput and the seed-style baseline that many times, alternating, and
 reports each one's median (and every round's figure): this machine's speed drifts, and six
 rounds of the same worker within one hour scored 16 k to 23 k tx/s.
+
 `--parts` runs only some of them. The steady runs spread the generated stream's event times
 over `--duration`, so event time keeps pace with the wall clock and the feature windows hold
 what they would in production at that rate (the populations `steady_stream` sizes from the
@@ -528,23 +529,25 @@ def main() -> None:
                 "python": sys.version.split()[0],
                 "tuning": asdict(tuning),
             }
-            ours: list[dict] = []
-            seeds: list[dict] = []
+            throughput_runs: list[dict] = []
+            seed_runs: list[dict] = []
             for _ in range(args.rounds):
                 if "throughput" in parts:
-                    ours.append(throughput(endpoints, data_dir, args.backlog, args.workers, tuning))
+                    throughput_runs.append(
+                        throughput(endpoints, data_dir, args.backlog, args.workers, tuning)
+                    )
                 if "seed" in parts:
-                    seeds.append(seed_style(endpoints, args.seed_messages))
-            if ours:
-                result["throughput"] = median_round(ours)
+                    seed_runs.append(seed_style(endpoints, args.seed_messages))
+            if throughput_runs:
+                result["throughput"] = median_round(throughput_runs)
             if "spark" in parts:
                 from spark_runner import spark_throughput
 
                 result["spark"] = spark_throughput(
                     endpoints, data_dir, args.backlog, tuning, pipeline_settings
                 )
-            if seeds:
-                result["baseline_seed_style"] = median_round(seeds)
+            if seed_runs:
+                result["baseline_seed_style"] = median_round(seed_runs)
             if "floor" in parts:
                 result["baseline_broker_floor"] = broker_floor(
                     endpoints, args.rate, args.floor_duration or args.duration, tuning
