@@ -3,6 +3,8 @@ from a scored batch, signed headers, and the worker recording a carried decision
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -160,3 +162,11 @@ def test_the_replay_memory_keeps_the_newest_and_the_first_answer() -> None:
     memory.put("c", b"d", b"y")
     assert memory.get("a") is None
     assert len(memory) == 2
+
+
+def test_the_signature_is_hmac_sha256_over_the_length_prefixed_transaction_and_decision() -> None:
+    """The header's MAC is a wire format: workers of another release verify it."""
+    key, value, decision = b"k" * 32, b'{"transaction_id":"t"}', b'{"action":"approve"}'
+    expected = hmac.new(key, len(value).to_bytes(8, "big") + value + decision, hashlib.sha256)
+    assert sign(key, value, decision) == expected.digest()
+    assert sign(key, value + b" ", decision) != expected.digest()
