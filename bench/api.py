@@ -15,6 +15,11 @@ byte read. Every scored request is a new transaction (unique id) of one of `--ca
 Each (endpoint, concurrency) pair runs `--seconds` per round after a one-second warm-up,
 alternating endpoints; the figures are the median over rounds. Prints one JSON line.
 
+Beside each score phase's figures: `mean_batch`, the requests the API scored per batch (from
+its batch-size histogram), and `api_cpu_us_per_request`, the API process's CPU time (all its
+threads, from /proc; Linux only) per request answered. On a two-core machine whose speed
+drifts from run to run, the CPU per request moves less than requests/s do.
+
 Concurrency 1 is measured first, all its rounds, then 32. The embedded broker (memory only,
 no retention) lists every record batch a partition holds on each fetch, so its latency grows
 with everything ever produced to it: measured after the concurrency-32 rounds (some 60 k
@@ -177,6 +182,41 @@ def scored(port: int) -> int:
     return int(family.samples[0].value)
 
 
+class ApiProbe:
+    """The API's batch-size histogram and CPU time, read before and after a phase."""
+
+    BATCHES = "fraudstream_api_score_batch_size"
+
+    def __init__(self, port: int, pid: int) -> None:
+        self.port = port
+        self.stat = f"/proc/{pid}/stat"
+
+    def read(self) -> tuple[float, float, float | None]:
+        """(requests in batches, batches, CPU seconds or None where /proc is missing)."""
+        metrics = httpx.get(f"http://{HOST}:{self.port}/metrics", timeout=5).text
+        family = next(f for f in text_string_to_metric_families(metrics) if f.name == self.BATCHES)
+        values = {sample.name: sample.value for sample in family.samples}
+        return values[f"{self.BATCHES}_sum"], values[f"{self.BATCHES}_count"], self._cpu_s()
+
+    def _cpu_s(self) -> float | None:
+        try:
+            with open(self.stat) as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    @staticmethod
+    def figures(
+        before: tuple[float, float, float | None], after: tuple[float, float, float | None]
+    ) -> dict[str, float]:
+        requests, batches = after[0] - before[0], after[1] - before[1]
+        out = {"mean_batch": requests / batches if batches else 0.0}
+        if before[2] is not None and after[2] is not None and requests:
+            out["api_cpu_us_per_request"] = 1e6 * (after[2] - before[2]) / requests
+        return out
+
+
 def free_port() -> int:
     import socket
 
@@ -215,7 +255,7 @@ def main() -> None:
             port = free_port()
             api = start_api(env, port)
             try:
-                results = uvloop.run(measure(port, key, args))
+                results = uvloop.run(measure(port, key, args, ApiProbe(port, api.pid)))
                 published = scored(port)
             finally:
                 api.terminate()
@@ -244,7 +284,9 @@ def main() -> None:
     )
 
 
-async def measure(port: int, key: str, args: argparse.Namespace) -> dict[str, list[dict]]:
+async def measure(
+    port: int, key: str, args: argparse.Namespace, probe: ApiProbe
+) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {}
     for concurrency in (1, 32):
         for round_no in range(args.rounds):
@@ -252,7 +294,10 @@ async def measure(port: int, key: str, args: argparse.Namespace) -> dict[str, li
                 ("live", live_request),
                 ("score", ScoreRequests(key, args.cards, f"r{round_no}c{concurrency}")),
             ):
+                before = await asyncio.to_thread(probe.read)
                 figures = await load(port, make, concurrency, args.seconds)
+                if name == "score":
+                    figures |= probe.figures(before, await asyncio.to_thread(probe.read))
                 results.setdefault(f"{name}_c{concurrency}", []).append(figures)
                 print(f"{name} c{concurrency}: {figures}", file=sys.stderr)
     return results
