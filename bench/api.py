@@ -175,11 +175,16 @@ def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the API did not become ready")
 
 
+def metric_samples(port: int, family_name: str) -> dict[str, float]:
+    """One metric family of the API's `/metrics`, sample name -> value."""
+    metrics = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5).text
+    family = next(f for f in text_string_to_metric_families(metrics) if f.name == family_name)
+    return {sample.name: sample.value for sample in family.samples}
+
+
 def scored(port: int) -> int:
     """Transactions the API scored, so published, during the run (warm-ups included)."""
-    metrics = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5).text
-    family = next(f for f in text_string_to_metric_families(metrics) if f.name == SCORED)
-    return int(family.samples[0].value)
+    return int(next(iter(metric_samples(port, SCORED).values())))
 
 
 class ApiProbe:
@@ -193,9 +198,7 @@ class ApiProbe:
 
     def read(self) -> tuple[float, float, float | None]:
         """(requests in batches, batches, CPU seconds or None where /proc is missing)."""
-        metrics = httpx.get(f"http://{HOST}:{self.port}/metrics", timeout=5).text
-        family = next(f for f in text_string_to_metric_families(metrics) if f.name == self.BATCHES)
-        values = {sample.name: sample.value for sample in family.samples}
+        values = metric_samples(self.port, self.BATCHES)
         return values[f"{self.BATCHES}_sum"], values[f"{self.BATCHES}_count"], self._cpu_s()
 
     def _cpu_s(self) -> float | None:

@@ -70,7 +70,7 @@ class _Builders:
         def series(name: str, values: Sequence[Any], dtype: pl.DataType) -> pl.Series:
             construct = constructors.get(dtype)
             if construct is None:
-                return pl.Series(name, values, dtype)
+                return _public_series(name, values, dtype)
             return pl.Series._from_pyseries(construct(name, values, False))
 
         def frame(columns: list[pl.Series]) -> pl.DataFrame:
