@@ -6,12 +6,15 @@ import ipaddress
 import json
 from datetime import UTC, datetime
 
+import msgspec
 import polars as pl
 import pytest
 
+from fraudstream.core.currencies import ISO_4217_CODES
 from fraudstream.core.errors import InvalidTransaction
 from fraudstream.core.events import (
     TRANSACTION_SCHEMA,
+    Transaction,
     conform,
     decode_many,
     decode_transaction,
@@ -62,12 +65,36 @@ def test_minimal_record_decodes_with_utc_event_time() -> None:
         ({"channel": "atm"}, "channel"),
         ({"ip": "999.1.1.1"}, "ip"),
         ({"mcc": "54"}, "mcc"),
+        ({"mcc": "54110"}, "mcc"),
+        ({"mcc": "5411\n"}, "mcc"),  # `re`'s `$` let a trailing newline through
+        ({"mcc": "\u0665\u0664\u0661\u0661"}, "mcc"),  # Arabic-Indic digits: not 0-9
+        ({"mcc": "54a1"}, "mcc"),
+        ({"card_last4": "123"}, "card_last4"),
+        ({"card_last4": "\uff11234"}, "card_last4"),  # a full-width digit
+        ({"country": "us"}, "country"),
+        ({"country": "U1"}, "country"),
+        ({"country": "USA"}, "country"),
+        ({"country": "\u00c9S"}, "country"),
+        ({"currency": "EU"}, "currency"),
     ],
 )
 def test_bad_records_are_rejected_naming_the_field(changes: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidTransaction) as caught:
         decode_transaction(_raw(**changes))
     assert caught.value.field == field
+
+
+def test_codes_of_the_documented_shape_decode() -> None:
+    tx = decode_transaction(_raw(mcc="0742", card_last4="0000", country="DE", currency="CHF"))
+    assert (tx.mcc, tx.card_last4, tx.country, tx.currency) == ("0742", "0000", "DE", "CHF")
+
+
+def test_every_known_currency_has_the_documented_shape() -> None:
+    """The currency check is the code list; the schema documents `^[A-Z]{3}$` for it."""
+    assert all(len(code) == 3 and code.isascii() and code.isupper() for code in ISO_4217_CODES)
+    schema = msgspec.json.schema(Transaction)["$defs"]["Transaction"]["properties"]
+    assert schema["currency"]["pattern"] == "^[A-Z]{3}$"
+    assert schema["mcc"]["anyOf"][0]["pattern"] == "^[0-9]{4}$"
 
 
 def test_customer_alone_is_enough() -> None:
