@@ -49,7 +49,7 @@ class Arrival(msgspec.Struct, frozen=True, gc=False):
     """One consumed message, decoded (`transaction`) or not (`rejected`).
 
     A struct rather than a frozen dataclass: one is made per message, and a frozen dataclass
-    sets each field through `object.__setattr__` (three times the cost). Untracked by the
+    sets each field through `object.__setattr__` (0.7-0.8 µs against 0.1). Untracked by the
     cyclic collector (`gc=False`): nothing it holds refers back to it."""
 
     message: SourceMessage
