@@ -324,6 +324,9 @@ def test_iter_batches_covers_the_stream_in_order() -> None:
         ({"days": 0}, "days"),
         ({"home_countries": (HomeCountry("US", "XXX", 1.0, (City("X", 0, 0),)),)}, "ISO 4217"),
         ({"home_countries": ()}, "at least one country"),
+        # a digit passed `isupper`; the decoder refuses such a code, so every event would
+        ({"home_countries": (HomeCountry("U1", "USD", 1.0, (City("X", 0, 0),)),)}, "alpha-2"),
+        ({"home_countries": (HomeCountry("us", "USD", 1.0, (City("X", 0, 0),)),)}, "alpha-2"),
     ],
 )
 def test_config_rejects_nonsense(overrides: dict[str, object], message: str) -> None:

@@ -97,7 +97,7 @@ def _check_semantics(tx: Transaction) -> None:
         code = getattr(tx, name)
         if code is not None and not _is_digits(code, 4):
             raise msgspec.ValidationError(f"expected four ASCII digits - at `$.{name}`")
-    if tx.country is not None and not _is_capitals(tx.country, 2):
+    if tx.country is not None and not is_country_code(tx.country):
         raise msgspec.ValidationError("expected two capital letters A-Z - at `$.country`")
     if tx.currency not in ISO_4217_CODES:  # the codes are all three capital letters A-Z
         raise msgspec.ValidationError(f"unknown currency {tx.currency!r} - at `$.currency`")
@@ -114,9 +114,9 @@ def _is_digits(text: str, length: int) -> bool:
     return len(text) == length and text.isascii() and text.isdigit()
 
 
-def _is_capitals(text: str, length: int) -> bool:
-    """Exactly `length` characters, each A-Z."""
-    return len(text) == length and text.isascii() and text.isalpha() and text.isupper()
+def is_country_code(text: str) -> bool:
+    """The shape of an ISO 3166 alpha-2 code: exactly two characters, each A-Z."""
+    return len(text) == 2 and text.isascii() and text.isalpha() and text.isupper()
 
 
 def is_ip_address(text: str) -> bool:

@@ -24,6 +24,7 @@ from typing import Final
 
 from fraudstream.core.currencies import ISO_4217_CODES
 from fraudstream.core.errors import ConfigError
+from fraudstream.core.events import is_country_code
 
 SCENARIOS: Final = (
     "velocity_attack",
@@ -177,7 +178,7 @@ def _validate_countries(countries: tuple[HomeCountry, ...]) -> None:
     seen: set[str] = set()
     for country in countries:
         where = f"home_countries[{country.code!r}]"
-        if len(country.code) != 2 or not country.code.isascii() or not country.code.isupper():
+        if not is_country_code(country.code):
             raise ConfigError(f"{where}: code must be an ISO 3166 alpha-2 code like 'US'")
         if country.code in seen:
             raise ConfigError(f"{where}: listed twice")
