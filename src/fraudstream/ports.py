@@ -56,7 +56,11 @@ class ScoredBatch:
 
 
 class Sink(Protocol):
-    """Somewhere scored batches go (Postgres, a Kafka topic, ...)."""
+    """Somewhere scored batches go (Postgres, a Kafka topic, ...).
+
+    A sink is written one batch at a time, in order, unless its class sets
+    `concurrent_writes = True`: then several batches may be written at once from different
+    threads (`runners/batch_writer.py`)."""
 
     def write(self, batch: ScoredBatch) -> None:
         """Confirm the whole batch durably, or raise (`SinkUnavailable` when a retry may work)."""

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from typing import Final
+from typing import ClassVar, Final
 
 import polars as pl
 import psycopg
@@ -193,7 +194,13 @@ class PostgresSink:
     Connects lazily (at the first `write`) and again after any connection failure. Errors
     other than connection-level ones (e.g. a value the schema rejects) roll the batch back and
     propagate as psycopg errors: retrying the same batch would fail the same way.
+
+    Batches may be written from several threads at once (`concurrent_writes`): each thread
+    writes on a connection of its own, so PostgreSQL stores them side by side. Writers of
+    overlapping batches take their row locks in key order, so they never deadlock.
     """
+
+    concurrent_writes: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -208,7 +215,10 @@ class PostgresSink:
             raise ValueError("not a valid PostgreSQL URL or connection string") from None
         self._url = url
         self._connect_timeout_s = connect_timeout_s
-        self._connection: Connection | None = None
+        self._local = threading.local()
+        """`connection`: the calling thread's connection, when it has one."""
+        self._connections: set[Connection] = set()
+        self._connections_lock = threading.Lock()
         self._alert_routing = alert_routing
 
     def __repr__(self) -> str:
@@ -244,7 +254,7 @@ class PostgresSink:
         return [alerts.get_column(column).to_list() for column in ALERT_COLUMNS]
 
     def _connect(self) -> Connection:
-        current = self._connection
+        current: Connection | None = getattr(self._local, "connection", None)
         if current is not None and not current.closed and not current.broken:
             return current
         self._discard()
@@ -259,16 +269,26 @@ class PostgresSink:
         except BaseException:
             connection.close()
             raise
-        self._connection = connection
+        self._local.connection = connection
+        with self._connections_lock:
+            self._connections.add(connection)
         return connection
 
     def _discard(self) -> None:
-        connection, self._connection = self._connection, None
+        """Close the calling thread's connection (closing a broken one does not raise)."""
+        connection: Connection | None = getattr(self._local, "connection", None)
+        self._local.connection = None
         if connection is not None:
-            connection.close()  # closing a broken connection does not raise
+            with self._connections_lock:
+                self._connections.discard(connection)
+            connection.close()
 
     def close(self) -> None:
-        self._discard()
+        """Close every thread's connection; call once no write is under way."""
+        with self._connections_lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            connection.close()
 
     def __enter__(self) -> PostgresSink:
         return self

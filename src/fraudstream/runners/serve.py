@@ -136,6 +136,7 @@ def build_worker(
         sinks=build_sinks(settings),
         max_batch=worker.max_batch,
         max_wait_s=worker.max_wait_ms / 1000,
+        in_flight=worker.batches_in_flight,
         backoff_max_s=worker.retry_backoff_max_s,
         end_grace_s=worker.end_grace_ms / 1000,
         on_assignment=_assignment_writer(

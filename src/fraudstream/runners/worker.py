@@ -11,8 +11,8 @@ Delivery is effectively once. Offsets are committed only after every sink confir
 and every sink is idempotent (on `transaction_id`, or on the source position for dead letters),
 so a crash at any point means the batch is read and written again, adding nothing twice; and
 since the state is rebuilt to just before the committed offsets, it is scored the same way
-again. The sinks write one batch in the background while the next is read and scored
-(`batch_writer.py`); the next is handed over only once the one before is committed. While a
+again. The sinks write up to `in_flight` batches in the background while the next is read and
+scored (`batch_writer.py`), and the batches are committed in the order they were read. While a
 sink is down the writer retries only the sinks that have not confirmed the batch yet, with
 capped exponential backoff, and nothing is committed; reading pauses meanwhile, and the group
 membership stays alive.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class Worker:
         sinks: Sequence[Sink],
         max_batch: int = 4000,
         max_wait_s: float = 0.05,
+        in_flight: int = 2,
         backoff_max_s: float = 5.0,
         max_idle_s: float = 1.0,
         partition_buffer: int = 10_000,
@@ -114,8 +116,11 @@ class Worker:
         self._metrics = metrics
         if metrics is not None:
             metrics.follow(self.totals)
-        self._writer = BatchWriter(sinks, backoff_max_s=backoff_max_s, timed=self._sink_timed)
-        self._in_flight: InFlight | None = None
+        self._writer = BatchWriter(
+            sinks, backoff_max_s=backoff_max_s, timed=self._sink_timed, in_flight=in_flight
+        )
+        self._in_flight: deque[InFlight] = deque()
+        """Batches handed to the writer and not committed yet, oldest first."""
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._max_idle_s = max_idle_s
@@ -175,8 +180,7 @@ class Worker:
                     last_release = time.monotonic()  # idle = waiting for data, not working
                 elif not self._aligner.buffered:
                     last_release = time.monotonic()
-                if self._in_flight is not None and self._in_flight.written.done():
-                    self._settle(stop)
+                self._settle(stop, keep=0, wait=False)
                 if self.state.checkpoint_due():
                     self.state.save_checkpoint()
                 if self._metrics is not None:
@@ -329,34 +333,43 @@ class Worker:
         self.totals.folded += len(arrivals) - len(mine)
         if not mine:
             return True
-        if not self._settle(stop):
+        if not self._settle(stop, keep=self._writer.in_flight - 1):
             return False
-        self._in_flight = self._writer.submit(batch, _next_offsets(mine), stop)
+        in_flight = self._writer.submit(batch, _next_offsets(mine), stop)
+        self._in_flight.append(in_flight)
         self.totals.batches += 1
         self.totals.scored += batch.frame.height
         self.totals.flagged += int(batch.frame.get_column("is_flagged").sum())
         self.totals.dead_letters += len(batch.dead_letters)
         if self._metrics is not None:
-            letters, written = len(batch.dead_letters), self._in_flight.written
-            self._metrics.batch_scored(batch.frame, letters, scored_s, written)
+            letters = len(batch.dead_letters)
+            self._metrics.batch_scored(batch.frame, letters, scored_s, in_flight.written)
         return True
 
     def score(self, arrivals: list[Arrival], decided: list[bool]) -> ScoredBatch:
         """Fold every decoded arrival into the state and score those `decided` marks."""
         return score_arrivals(self._engine(), self.state.features, arrivals, decided)
 
-    def _settle(self, stop: threading.Event) -> bool:
-        """Wait for the batch in flight and commit it; False if it was abandoned. The group is
-        served meanwhile, and reading pauses if the wait is long (a sink is down)."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return True
+    def _settle(self, stop: threading.Event, keep: int = 0, *, wait: bool = True) -> bool:
+        """Commit the oldest batches in flight, in order, until `keep` remain (or, without
+        `wait`, those already written); False if one was abandoned, and then none after it is
+        committed either: they will all be read again."""
+        while len(self._in_flight) > keep and (wait or self._in_flight[0].written.done()):
+            if not self._settle_oldest(stop):
+                self._in_flight.clear()
+                return False
+        return True
+
+    def _settle_oldest(self, stop: threading.Event) -> bool:
+        """Wait for the oldest batch in flight and commit it; False if it was abandoned. The
+        group is served meanwhile, and reading pauses if the wait is long (a sink is down)."""
+        in_flight = self._in_flight.popleft()
         if not in_flight.written.done():
             started = time.perf_counter()
             self._wait_serving(in_flight)
             self.totals.add_time("wait_for_sinks", started)
         written = in_flight.written.result()
-        retried = self._writer.retries - in_flight.retries_before
+        retried = in_flight.retries.count
         self.totals.sink_retries += retried
         if not written:
             return False
