@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import msgspec
+import polars as pl
 import pytest
 from kafka_helpers import read_messages
 
 from fraudstream.adapters.kafka import DeliveryError, TransactionProducer, ensure_topics
+from fraudstream.adapters.kafka_sinks import DeadLetterTopicSink
 from fraudstream.core.events import decode_transaction
 from fraudstream.generator import GeneratorConfig, generate
+from fraudstream.ports import DeadLetter, ScoredBatch, SinkUnavailable
 from fraudstream.stack import Endpoints, free_port
 
 
@@ -60,3 +64,31 @@ def test_undelivered_messages_raise_rather_than_count_as_sent() -> None:
     sent = stream.transactions.height
     with pytest.raises(DeliveryError, match=rf"^{sent} of {sent} messages .*timed out"):
         TransactionProducer(dead_broker, "transactions").publish(stream.transactions)
+
+
+def dead_letters(count: int) -> ScoredBatch:
+    letters = tuple(
+        DeadLetter("transactions", 0, offset, b"{not json", "invalid JSON", "$", datetime.now(UTC))
+        for offset in range(count)
+    )
+    return ScoredBatch(pl.DataFrame(), letters)
+
+
+def test_topic_sinks_confirm_what_the_broker_stored_and_refuse_what_it_did_not(
+    endpoints: Endpoints,
+) -> None:
+    topic = f"dead-letters-{uuid.uuid4().hex[:6]}"
+    ensure_topics(endpoints.kafka, [topic], partitions=2)
+    DeadLetterTopicSink(endpoints.kafka, topic).write(dead_letters(50))
+    stored = read_messages(endpoints.kafka, topic, 50, timeout=30)
+    assert sorted(dict(m.headers() or [])["source"] for m in stored) == sorted(
+        f"transactions/0/{offset}".encode() for offset in range(50)
+    )
+
+    dead_broker = {
+        "bootstrap.servers": f"127.0.0.1:{free_port()}",  # nothing listens there
+        "message.timeout.ms": "1500",
+        "log_level": "0",
+    }
+    with pytest.raises(SinkUnavailable, match=rf"^7 of 7 messages to {topic} not confirmed"):
+        DeadLetterTopicSink(dead_broker, topic).write(dead_letters(7))
