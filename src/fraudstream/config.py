@@ -164,8 +164,8 @@ class WorkerSettings(BaseModel):
     """Longest a batch waits to fill up: the latency a quiet stream pays."""
     batches_in_flight: int = Field(default=2, ge=1, le=8)
     """Scored batches being written at once while the next is scored; they are committed in
-    order. One worker catching up on 200 k transactions stored 25.5 k tx/s with 1, 34.1 k
-    with 2 and no more with 3 (`runners/batch_writer.py`)."""
+    order. One worker catching up on 200 k transactions stored 30.2 k tx/s with 1, 35.9 k with
+    2 and no more with 3 (medians of alternating runs; `runners/batch_writer.py`)."""
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     rules_file: Path | None = None
     """A ruleset YAML, hot-reloaded; unset: the shipped default rules."""

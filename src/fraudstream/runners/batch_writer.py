@@ -13,9 +13,11 @@ retried until it is confirmed before the next is begun. That order matters to si
 idempotence follows the source offsets (the Delta history), and none of them is ever asked to
 write a batch after an earlier one was given up.
 
-Two batches in flight rather than one: one worker catching up on 200 k transactions stored
-25.5 k tx/s with one and 34.1 k with two (medians of three alternating runs), and no more with
-three; PostgreSQL, the slowest sink, had been writing one batch while the worker waited.
+Two batches in flight rather than one: one worker catching up on 200 k transactions
+(`python bench/pipeline.py --parts throughput`) stored 25.5 k and 30.2 k tx/s with one, 34.1 k
+and 35.9 k with two (medians of two sets of three alternating runs); three gave no more (34.6 k
+and 35.2 k, beside 36.9 k and 36.0 k with two). With one, PostgreSQL, the slowest sink, was
+still writing a batch when the next was scored, and the worker waited for it.
 
 A sink that cannot confirm is retried with capped exponential backoff; the sinks that did
 confirm are not asked again. A stop during an outage gives the batch up (`False`): nothing of
