@@ -14,6 +14,7 @@ import time
 from typing import ClassVar
 
 import polars as pl
+import pytest
 
 from fraudstream.ports import ScoredBatch, SinkUnavailable
 from fraudstream.runners.batch_writer import BatchWriter
@@ -119,4 +120,28 @@ def test_after_a_batch_is_given_up_no_later_one_is_written_to_that_sink() -> Non
     assert second.written.result(WAIT_S) is False
     assert set(down.attempts) == {1}  # batch 2 never reached the sink that gave batch 1 up
     assert up.confirmed == [1, 2]  # the other sink stored both: idempotent, read again later
+    batch_writer.close()
+
+
+class RefusingSink(OrderedSink):
+    """Refuses batch 1 for good: a value the store will never take."""
+
+    def write(self, scored: ScoredBatch) -> None:
+        if number_of(scored) == 1:
+            self.attempts.append(1)
+            time.sleep(0.1)  # batch 2 is handed over meanwhile
+            raise ValueError("batch 1 cannot be stored")
+        super().write(scored)
+
+
+def test_a_batch_a_sink_refuses_for_good_fails_and_no_later_one_gets_ahead_of_it() -> None:
+    refusing = RefusingSink()
+    batch_writer = writer(refusing)
+    stop = threading.Event()
+    first = batch_writer.submit(batch(1), {}, stop)
+    second = batch_writer.submit(batch(2), {}, stop)
+    with pytest.raises(ValueError, match="cannot be stored"):
+        first.written.result(WAIT_S)
+    assert second.written.result(WAIT_S) is False
+    assert refusing.attempts == [1]  # batch 2 was never written past the refused batch 1
     batch_writer.close()

@@ -64,7 +64,8 @@ class InFlight:
 
 class _Lane:
     """One sink's writes: each batch retried until the sink confirms it, or given up when the
-    runner stops meanwhile; after a batch is given up, every later one is too."""
+    runner stops meanwhile or the sink raises anything but `SinkUnavailable` (which then
+    reaches the worker); after a batch is given up, every later one is too."""
 
     def __init__(self, sink: Sink, writer: BatchWriter, threads: int) -> None:
         self.sink = sink
@@ -81,7 +82,10 @@ class _Lane:
             started = time.perf_counter()
             try:
                 self.sink.write(batch)
-            except SinkUnavailable as error:
+            except BaseException as error:
+                if not isinstance(error, SinkUnavailable):
+                    self._gave_up = True  # no later batch may get ahead of this one
+                    raise
                 retries.add()
                 log.warning("%s; retrying in %.1f s, offsets not committed", error, backoff)
                 if stop.wait(backoff):
