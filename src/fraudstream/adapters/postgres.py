@@ -196,8 +196,10 @@ class PostgresSink:
     propagate as psycopg errors: retrying the same batch would fail the same way.
 
     Batches may be written from several threads at once (`concurrent_writes`): each thread
-    writes on a connection of its own, so PostgreSQL stores them side by side. Writers of
-    overlapping batches take their row locks in key order, so they never deadlock.
+    writes on a connection of its own, so PostgreSQL stores them side by side. Two batches in
+    flight hold different offsets, so they meet on a row only when one transaction id was
+    published twice: one write then waits for the other, or, in a deadlock, PostgreSQL aborts
+    one (`DeadlockDetected` is an `OperationalError`), which is retried like a lost connection.
     """
 
     concurrent_writes: ClassVar[bool] = True
