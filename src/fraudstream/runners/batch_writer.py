@@ -67,9 +67,16 @@ class _Lane:
     runner stops meanwhile or the sink raises anything but `SinkUnavailable` (which then
     reaches the worker); after a batch is given up, every later one is too."""
 
-    def __init__(self, sink: Sink, writer: BatchWriter, threads: int) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        threads: int,
+        backoff_max_s: float,
+        timed: Callable[[str, float], None],
+    ) -> None:
         self.sink = sink
-        self._writer = writer
+        self._backoff_max_s = backoff_max_s
+        self._timed = timed
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix=type(sink).__name__)
         self._gave_up = False
 
@@ -92,9 +99,9 @@ class _Lane:
                     log.warning("stopping during an outage: the batch will be read again")
                     self._gave_up = True
                     break
-                backoff = min(2 * backoff, self._writer.backoff_max_s)
+                backoff = min(2 * backoff, self._backoff_max_s)
                 continue
-            self._writer.timed(type(self.sink).__name__, started)
+            self._timed(type(self.sink).__name__, started)
             return True
         return False
 
@@ -115,11 +122,14 @@ class BatchWriter:
         timed: Callable[[str, float], None],
         in_flight: int = 1,
     ) -> None:
-        self.backoff_max_s = backoff_max_s
-        self.timed = timed
         self.in_flight = in_flight
         self._lanes = [
-            _Lane(sink, self, in_flight if getattr(sink, "concurrent_writes", False) else 1)
+            _Lane(
+                sink,
+                in_flight if getattr(sink, "concurrent_writes", False) else 1,
+                backoff_max_s,
+                timed,
+            )
             for sink in sinks
         ]
         self._writer = ThreadPoolExecutor(in_flight, thread_name_prefix="writer")
@@ -139,6 +149,7 @@ class BatchWriter:
 
 
 def _all_confirmed(writes: list[Future[bool]]) -> bool:
-    """Every sink confirmed the batch (each write is waited for, even after one gave up)."""
+    """Every sink confirmed the batch. Each write is waited for, even after one gave up; a
+    write that raised ends the wait with its error."""
     confirmed = [write.result() for write in writes]
     return all(confirmed)

@@ -180,13 +180,13 @@ class Worker:
                     last_release = time.monotonic()  # idle = waiting for data, not working
                 elif not self._aligner.buffered:
                     last_release = time.monotonic()
-                self._settle(stop, keep=0, wait=False)
+                self._settle(wait=False)
                 if self.state.checkpoint_due():
                     self.state.save_checkpoint()
                 if self._metrics is not None:
                     self._metrics.state(self.state.features)
         finally:
-            self._settle_before_leaving(stop)
+            self._settle_before_leaving()
             if self._joined:
                 self.state.save_checkpoint(wait=True)  # whoever starts next starts from here
             self.state.close()
@@ -199,9 +199,9 @@ class Worker:
         self._engine().warm_up(self.state.config)
         freeze_startup_heap()
 
-    def _settle_before_leaving(self, stop: threading.Event) -> None:
+    def _settle_before_leaving(self) -> None:
         try:
-            self._settle(stop)
+            self._settle()
         except Exception:  # leaving anyway: what is not committed is read again
             log.exception("the last batch could not be committed")
 
@@ -333,7 +333,7 @@ class Worker:
         self.totals.folded += len(arrivals) - len(mine)
         if not mine:
             return True
-        if not self._settle(stop, keep=self._writer.in_flight - 1):
+        if not self._settle(keep=self._writer.in_flight - 1):
             return False
         in_flight = self._writer.submit(batch, _next_offsets(mine), stop)
         self._in_flight.append(in_flight)
@@ -350,17 +350,17 @@ class Worker:
         """Fold every decoded arrival into the state and score those `decided` marks."""
         return score_arrivals(self._engine(), self.state.features, arrivals, decided)
 
-    def _settle(self, stop: threading.Event, keep: int = 0, *, wait: bool = True) -> bool:
+    def _settle(self, keep: int = 0, *, wait: bool = True) -> bool:
         """Commit the oldest batches in flight, in order, until `keep` remain (or, without
         `wait`, those already written); False if one was abandoned, and then none after it is
         committed either: they will all be read again."""
         while len(self._in_flight) > keep and (wait or self._in_flight[0].written.done()):
-            if not self._settle_oldest(stop):
+            if not self._settle_oldest():
                 self._in_flight.clear()
                 return False
         return True
 
-    def _settle_oldest(self, stop: threading.Event) -> bool:
+    def _settle_oldest(self) -> bool:
         """Wait for the oldest batch in flight and commit it; False if it was abandoned. The
         group is served meanwhile, and reading pauses if the wait is long (a sink is down)."""
         in_flight = self._in_flight.popleft()
