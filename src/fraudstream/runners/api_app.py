@@ -150,7 +150,8 @@ def _add_health(app: FastAPI, runtime: Runtime) -> None:
 
 
 def _add_scoring(app: FastAPI, runtime: Runtime) -> None:
-    app.router.routes.append(score_route(runtime, runtime.service))
+    # First in the list: the router tries routes in order, and this is the hot path.
+    app.router.routes.insert(0, score_route(runtime, runtime.service))
 
     @app.get(
         "/v1/transactions/{transaction_id}",

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header
 from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
@@ -61,13 +61,13 @@ class ScoreEndpoint:
         self._service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        refuse_repeated(request.query_params)
-        await authorize(self._guard, presented_key(request.headers), "score")
-        idempotency_key = _idempotency_key(request.headers)
-        try:
-            body = await request.body()
-        except ClientDisconnect:
+        if scope.get("query_string"):  # parsing an absent query costs a few µs a request
+            refuse_repeated(Request(scope).query_params)
+        headers = Headers(scope=scope)
+        await authorize(self._guard, presented_key(headers), "score")
+        idempotency_key = _idempotency_key(headers)
+        body = await _body(receive)
+        if body is None:
             return  # the client went away: nobody to answer, nothing scored
         try:
             transaction = decode_transaction(body)
@@ -104,6 +104,19 @@ class _NamedRoute(Route):
 
 def score_route(guard: Guard, service: ScoringService) -> Route:
     return _NamedRoute(PATH, ScoreEndpoint(guard, service), methods=["POST"], name="score")
+
+
+async def _body(receive: Receive) -> bytes | None:
+    """The request's body, None when the client disconnected first. (Starlette's
+    `Request.body` does the same through an async generator, at twice the cost.)"""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _idempotency_key(headers: Headers) -> str | None:
