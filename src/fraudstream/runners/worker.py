@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fraudstream.worker")
 
 _SHORT_WAIT_S = 0.1
+_REVOKE_WAIT_S = 10.0
+"""How long a worker losing partitions waits for its batches in flight to be written and
+committed before it lets them go (the group's rebalance waits meanwhile)."""
 _METADATA_TIMEOUT_S = 30.0
 
 
@@ -154,7 +157,7 @@ class Worker:
             [self._topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
         last_release = time.monotonic()
         backlog = False
@@ -231,12 +234,38 @@ class Worker:
         self._on_assignment(sorted(self._floors))
 
     def _on_revoke(self, _: Consumer, partitions: list[TopicPartition]) -> None:
-        """Partitions taken away: from now on they are only folded. Nothing of theirs is in
-        flight (callbacks run between batches, after the commit)."""
+        """Partitions taken away: from now on they are only folded. The batches in flight
+        hold some of their messages, so they are written and committed first: their new
+        owner then starts after them, instead of scoring and writing them a second time (which
+        the Delta sink, idempotent only for one writer per partition, would keep twice)."""
+        self._commit_in_flight()
+        self._on_lost(_, partitions)
+
+    def _on_lost(self, _: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions gone without a handover (the membership expired): nothing can be
+        committed for them any more; their new owner reads again what was not."""
         for tp in partitions:
             self._floors.pop(tp.partition, None)
         log.info("revoked %s", sorted(p.partition for p in partitions))
         self._on_assignment(sorted(self._floors))
+
+    def _commit_in_flight(self) -> None:
+        """Wait for every batch in flight and commit it, oldest first, for up to
+        `_REVOKE_WAIT_S`. Runs inside the group's callback, so it waits without serving the
+        group (the callback may itself run inside `_wait_serving`, which leaves the batch it
+        waits for at the head of `_in_flight` for this reason)."""
+        deadline = time.monotonic() + _REVOKE_WAIT_S
+        while self._in_flight:
+            try:
+                self._in_flight[0].written.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                log.warning(
+                    "partitions revoked with %d batches still being written: their new owner"
+                    " reads those again", len(self._in_flight),
+                )  # fmt: skip
+                return
+            if not self._settle(keep=len(self._in_flight) - 1):
+                return
 
     # -- the reader: every partition, in event-time order --------------------------------------
 
@@ -363,11 +392,15 @@ class Worker:
     def _settle_oldest(self) -> bool:
         """Wait for the oldest batch in flight and commit it; False if it was abandoned. The
         group is served meanwhile, and reading pauses if the wait is long (a sink is down)."""
-        in_flight = self._in_flight.popleft()
+        in_flight = self._in_flight[0]
         if not in_flight.written.done():
             started = time.perf_counter()
             self._wait_serving(in_flight)
             self.totals.add_time("wait_for_sinks", started)
+            if not self._in_flight or self._in_flight[0] is not in_flight:
+                # A revocation came while the group was served, and settled it meanwhile.
+                return bool(in_flight.written.result())
+        self._in_flight.popleft()
         written = in_flight.written.result()
         retried = in_flight.retries.count
         self.totals.sink_retries += retried

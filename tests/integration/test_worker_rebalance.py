@@ -1,0 +1,98 @@
+"""A worker losing partitions hands them over after its batches in flight, not before them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from pipeline_helpers import fresh_pipeline, wait_for
+
+from fraudstream.adapters.kafka import TransactionProducer
+from fraudstream.adapters.kafka_sinks import new_consumer
+from fraudstream.config import Settings
+from fraudstream.core.features import FeatureConfig
+from fraudstream.generator import GeneratorConfig, generate
+from fraudstream.ports import ScoredBatch
+from fraudstream.runners.serve import engine_source
+from fraudstream.runners.stream_state import StreamState
+from fraudstream.runners.worker import Worker
+from fraudstream.stack import Endpoints
+
+Position = tuple[int, int]
+
+
+class SlowRecorder:
+    """A sink that takes `delay_s` per batch and records the positions it was given."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.positions: list[Position] = []
+        self._lock = threading.Lock()
+
+    def write(self, batch: ScoredBatch) -> None:
+        time.sleep(self.delay_s)
+        rows = batch.frame.select("kafka_partition", "kafka_offset").rows()
+        with self._lock:
+            self.positions.extend((int(p), int(o)) for p, o in rows)
+
+    def close(self) -> None:
+        pass
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.positions)
+
+
+def _worker(settings: Settings, name: str, sink: SlowRecorder) -> Worker:
+    kafka = settings.kafka.client_config(settings.kafka.bootstrap_servers)
+    group = settings.worker.group_id
+    timeout_ms = settings.worker.session_timeout_ms
+    config = FeatureConfig()
+    return Worker(
+        group=new_consumer(kafka, group, timeout_ms),
+        reader=new_consumer(kafka, f"{group}.reader-{name}", timeout_ms),
+        topic=settings.kafka.transactions_topic,
+        engine=engine_source(settings, config),
+        state=StreamState(config, worker=name),
+        sinks=[sink],
+        max_batch=150,
+        max_wait_s=0.05,
+        in_flight=2,
+    )
+
+
+def test_revoked_partitions_are_committed_past_the_batches_in_flight(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    stream = generate(GeneratorConfig(seed=5, n_transactions=1_500, days=1))
+    with fresh_pipeline(endpoints, tmp_path) as pipeline:
+        settings = pipeline.settings
+        TransactionProducer(endpoints.kafka, settings.kafka.transactions_topic).publish(
+            stream.transactions
+        )
+        first, second = SlowRecorder(delay_s=1.0), SlowRecorder(delay_s=0.05)
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_worker(settings, name, sink).run, args=(stop,))
+            for name, sink in (("first", first), ("second", second))
+        ]
+        threads[0].start()
+        try:
+            # The first worker holds every partition and is writing (slowly) when the second
+            # joins, so the rebalance takes partitions away while batches are in flight.
+            wait_for(lambda: first.count() > 0, 120, "the first worker's first batch")
+            threads[1].start()
+            wait_for(
+                lambda: first.count() + second.count() >= stream.transactions.height,
+                180,
+                "every transaction written",
+            )
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert first.positions and second.positions, "both workers should have scored"
+        twice = set(first.positions) & set(second.positions)
+        assert not twice, f"{len(twice)} messages written by both workers, e.g. {sorted(twice)[:3]}"
+        assert len(set(first.positions) | set(second.positions)) == stream.transactions.height
