@@ -233,20 +233,20 @@ class Worker:
         log.info("assigned %s; scoring %s", [p.partition for p in partitions], self._floors)
         self._on_assignment(sorted(self._floors))
 
-    def _on_revoke(self, _: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions taken away: from now on they are only folded. The batches in flight
         hold some of their messages, so they are written and committed first: their new
         owner then starts after them, instead of scoring and writing them a second time (which
         the Delta sink, idempotent only for one writer per partition, would keep twice)."""
         self._commit_in_flight()
-        self._on_lost(_, partitions)
+        self._on_lost(consumer, partitions)
 
     def _on_lost(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions gone without a handover (the membership expired): nothing can be
         committed for them any more; their new owner reads again what was not."""
         for tp in partitions:
             self._floors.pop(tp.partition, None)
-        log.info("revoked %s", sorted(p.partition for p in partitions))
+        log.info("gave up %s", sorted(p.partition for p in partitions))
         self._on_assignment(sorted(self._floors))
 
     def _commit_in_flight(self) -> None:
