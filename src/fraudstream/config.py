@@ -171,6 +171,11 @@ class WorkerSettings(BaseModel):
     """A ruleset YAML, hot-reloaded; unset: the shipped default rules."""
     retry_backoff_max_s: float = Field(default=5.0, gt=0)
     """Longest pause between attempts to write a batch while a sink is down."""
+    handover_wait_s: float = Field(default=10.0, gt=0, le=600)
+    """How long a worker losing partitions in a rebalance waits for its batches in flight to be
+    written and committed before it lets them go (the group's rebalance waits meanwhile). A
+    batch not written by then is read, scored and written again by the partitions' new owner:
+    raise it where a sink may take longer than this for one batch."""
     end_grace_ms: int = Field(default=200, ge=0, le=60_000)
     """How long a partition at the end of its log still holds newer events of other partitions
     back (see `runners/alignment.py`): the price of the same order, and features, every run."""

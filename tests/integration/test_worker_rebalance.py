@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from pipeline_helpers import fresh_pipeline, wait_for
 
 from fraudstream.adapters.kafka import TransactionProducer
@@ -43,8 +45,15 @@ class SlowRecorder:
         with self._lock:
             return len(self.positions)
 
+    def written(self) -> set[Position]:
+        with self._lock:
+            return set(self.positions)
 
-def _worker(settings: Settings, name: str, sink: SlowRecorder) -> Worker:
+
+def _worker(
+    settings: Settings, name: str, sink: SlowRecorder, *, max_batch: int = 150,
+    handover_wait_s: float = 10.0,
+) -> Worker:  # fmt: skip
     kafka = settings.kafka.client_config(settings.kafka.bootstrap_servers)
     group = settings.worker.group_id
     timeout_ms = settings.worker.session_timeout_ms
@@ -56,9 +65,10 @@ def _worker(settings: Settings, name: str, sink: SlowRecorder) -> Worker:
         engine=engine_source(settings, config),
         state=StreamState(config, worker=name),
         sinks=[sink],
-        max_batch=150,
+        max_batch=max_batch,
         max_wait_s=0.05,
         in_flight=2,
+        handover_wait_s=handover_wait_s,
     )
 
 
@@ -95,4 +105,42 @@ def test_revoked_partitions_are_committed_past_the_batches_in_flight(
         assert first.positions and second.positions, "both workers should have scored"
         twice = set(first.positions) & set(second.positions)
         assert not twice, f"{len(twice)} messages written by both workers, e.g. {sorted(twice)[:3]}"
+        assert len(set(first.positions) | set(second.positions)) == stream.transactions.height
+
+
+def test_a_handover_waits_no_longer_than_its_setting(
+    endpoints: Endpoints, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sink slower than `handover_wait_s`: the partitions go after that wait, the batches
+    still being written are read again by their new owner, and nothing is lost."""
+    stream = generate(GeneratorConfig(seed=6, n_transactions=600, days=1))
+    caplog.set_level(logging.WARNING, logger="fraudstream.worker")
+    with fresh_pipeline(endpoints, tmp_path) as pipeline:
+        settings = pipeline.settings
+        TransactionProducer(endpoints.kafka, settings.kafka.transactions_topic).publish(
+            stream.transactions
+        )
+        first, second = SlowRecorder(delay_s=3.0), SlowRecorder(delay_s=0.05)
+        workers = [
+            _worker(settings, "first", first, max_batch=100, handover_wait_s=0.3),
+            _worker(settings, "second", second, max_batch=100),
+        ]
+        stop = threading.Event()
+        threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+        threads[0].start()
+        try:
+            wait_for(lambda: first.count() > 0, 120, "the first worker's first batch")
+            threads[1].start()
+            wait_for(
+                lambda: len(first.written() | second.written()) >= stream.transactions.height,
+                180,
+                "every transaction written",
+            )
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        gave_up = [r for r in caplog.records if "still being written" in r.getMessage()]
+        assert gave_up, "the first worker should have stopped waiting after 0.3 s"
+        assert second.positions, "the second worker should have taken partitions over"
         assert len(set(first.positions) | set(second.positions)) == stream.transactions.height

@@ -139,6 +139,7 @@ def build_worker(
         in_flight=worker.batches_in_flight,
         backoff_max_s=worker.retry_backoff_max_s,
         end_grace_s=worker.end_grace_ms / 1000,
+        handover_wait_s=worker.handover_wait_s,
         on_assignment=_assignment_writer(
             settings.stack.data_dir / WORKERS_DIR / f"{name}.json", telemetry
         ),

@@ -56,9 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fraudstream.worker")
 
 _SHORT_WAIT_S = 0.1
-_REVOKE_WAIT_S = 10.0
-"""How long a worker losing partitions waits for its batches in flight to be written and
-committed before it lets them go (the group's rebalance waits meanwhile)."""
 _METADATA_TIMEOUT_S = 30.0
 
 
@@ -106,6 +103,7 @@ class Worker:
         max_idle_s: float = 1.0,
         partition_buffer: int = 10_000,
         end_grace_s: float = 0.2,
+        handover_wait_s: float = 10.0,
         on_assignment: Callable[[list[int]], None] | None = None,
         metrics: WorkerMetrics | None = None,
         decision_key: bytes | None = None,
@@ -130,6 +128,7 @@ class Worker:
         self._partition_buffer = partition_buffer
         self._on_assignment = on_assignment or (lambda _: None)
         self._end_grace_s = end_grace_s
+        self._handover_wait_s = handover_wait_s
         self._aligner = self._new_aligner()
         self._partitions: set[int] = set()
         self._floors: dict[int, int] = {}
@@ -251,10 +250,10 @@ class Worker:
 
     def _commit_in_flight(self) -> None:
         """Wait for every batch in flight and commit it, oldest first, for up to
-        `_REVOKE_WAIT_S`. Runs inside the group's callback, so it waits without serving the
-        group (the callback may itself run inside `_wait_serving`, which leaves the batch it
+        `worker.handover_wait_s`. Runs inside the group's callback, so it waits without serving
+        the group (the callback may itself run inside `_wait_serving`, which leaves the batch it
         waits for at the head of `_in_flight` for this reason)."""
-        deadline = time.monotonic() + _REVOKE_WAIT_S
+        deadline = time.monotonic() + self._handover_wait_s
         while self._in_flight:
             try:
                 self._in_flight[0].written.result(timeout=max(0.0, deadline - time.monotonic()))
