@@ -72,6 +72,29 @@ def _worker(
     )
 
 
+def _rebalance_while_writing(
+    first: tuple[Worker, SlowRecorder], second: tuple[Worker, SlowRecorder], total: int
+) -> None:
+    """Run the first worker until it wrote a batch, then start the second: the rebalance takes
+    partitions away from the first while its batches are in flight. Both run until each of the
+    `total` transactions was written by one or the other."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=worker.run, args=(stop,)) for worker, _ in (first, second)]
+    threads[0].start()
+    try:
+        wait_for(lambda: first[1].count() > 0, 120, "the first worker's first batch")
+        threads[1].start()
+        wait_for(
+            lambda: len(first[1].written() | second[1].written()) >= total,
+            180,
+            "every transaction written",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+
+
 def test_revoked_partitions_are_committed_past_the_batches_in_flight(
     endpoints: Endpoints, tmp_path: Path
 ) -> None:
@@ -82,26 +105,11 @@ def test_revoked_partitions_are_committed_past_the_batches_in_flight(
             stream.transactions
         )
         first, second = SlowRecorder(delay_s=1.0), SlowRecorder(delay_s=0.05)
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_worker(settings, name, sink).run, args=(stop,))
-            for name, sink in (("first", first), ("second", second))
-        ]
-        threads[0].start()
-        try:
-            # The first worker holds every partition and is writing (slowly) when the second
-            # joins, so the rebalance takes partitions away while batches are in flight.
-            wait_for(lambda: first.count() > 0, 120, "the first worker's first batch")
-            threads[1].start()
-            wait_for(
-                lambda: first.count() + second.count() >= stream.transactions.height,
-                180,
-                "every transaction written",
-            )
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(60)
+        _rebalance_while_writing(
+            (_worker(settings, "first", first), first),
+            (_worker(settings, "second", second), second),
+            stream.transactions.height,
+        )
         assert first.positions and second.positions, "both workers should have scored"
         twice = set(first.positions) & set(second.positions)
         assert not twice, f"{len(twice)} messages written by both workers, e.g. {sorted(twice)[:3]}"
@@ -121,25 +129,11 @@ def test_a_handover_waits_no_longer_than_its_setting(
             stream.transactions
         )
         first, second = SlowRecorder(delay_s=3.0), SlowRecorder(delay_s=0.05)
-        workers = [
-            _worker(settings, "first", first, max_batch=100, handover_wait_s=0.3),
-            _worker(settings, "second", second, max_batch=100),
-        ]
-        stop = threading.Event()
-        threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
-        threads[0].start()
-        try:
-            wait_for(lambda: first.count() > 0, 120, "the first worker's first batch")
-            threads[1].start()
-            wait_for(
-                lambda: len(first.written() | second.written()) >= stream.transactions.height,
-                180,
-                "every transaction written",
-            )
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(60)
+        _rebalance_while_writing(
+            (_worker(settings, "first", first, max_batch=100, handover_wait_s=0.3), first),
+            (_worker(settings, "second", second, max_batch=100), second),
+            stream.transactions.height,
+        )
         gave_up = [r for r in caplog.records if "still being written" in r.getMessage()]
         assert gave_up, "the first worker should have stopped waiting after 0.3 s"
         assert second.positions, "the second worker should have taken partitions over"
