@@ -7,6 +7,9 @@ Four figures, one embedded stack, one JSON line:
 
 * throughput: `--backlog` transactions already in the topic, then `--workers` worker processes
   score and store all of them; tx/s = rows stored / time from the first to the last decision.
+  Beside it, the CPU the machine spent meanwhile per stored transaction (`cpu_us_per_tx`) and
+  in cores over the decisions' span (`cpu_cores`), by program and for the whole machine: the
+  per-transaction CPU moves far less between runs than tx/s does, and says where it goes.
 * spark: the same backlog scored by the Spark runner (`bench/spark_runner.py`): its query run
   to the end of the topic on local[*], tx/s over the query's run, the session's start-up apart.
 * the seed-style baseline on the same broker and database: one message, one `amount > 9000`
@@ -175,18 +178,39 @@ def wait_until_stored(url: str, expected: int, limit_s: float) -> None:
             time.sleep(0.5)
 
 
-def run_workers(settings: Settings, workers: int, log_dir: Path, expected: int, limit_s: float):
-    """Start workers, wait until `expected` rows are stored, stop them."""
+def run_workers(
+    settings: Settings, workers: int, log_dir: Path, expected: int, limit_s: float
+) -> tuple[str, dict[str, float]]:
+    """Start workers, wait until `expected` rows are stored, stop them. Returns the database
+    URL and the CPU seconds the machine spent meanwhile, by program (`ProcessSampler`) and in
+    all (`machine`, from /proc/stat: also what exited meanwhile, the kernel, this bench)."""
     processes = WorkerProcesses(settings, workers, log_dir)
     processes.start()
     url = settings.postgres.url.get_secret_value()
+    sampler = ProcessSampler()
     try:
         if not processes.wait_assigned(60):
             raise SystemExit("workers did not get partitions")
+        sampler.sample()
+        busy_before, started = _machine_busy_s(), time.monotonic()
         wait_until_stored(url, expected, limit_s)
+        by_program = sampler.sample()
+        machine, waited = _machine_busy_s() - busy_before, time.monotonic() - started
     finally:
         processes.stop()
-    return url
+    seconds = {name: figures["cpu_pct"] / 100 * waited for name, figures in by_program.items()}
+    return url, {**seconds, "machine": machine}
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds every core of this machine spent on anything but idling, so far (Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(value) for value in fields]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
 def throughput(
@@ -198,13 +222,21 @@ def throughput(
     TransactionProducer(endpoints.kafka, settings.kafka.transactions_topic).publish(
         stream.transactions
     )
-    url = run_workers(settings, workers, data_dir / "logs", stream.transactions.height, 600)
+    url, cpu_s = run_workers(settings, workers, data_dir / "logs", stream.transactions.height, 600)
     with psycopg.connect(url, autocommit=True) as connection:
         count, first, last = connection.execute(
             "SELECT count(*), min(decided_at), max(decided_at) FROM transactions"
         ).fetchone()
     span = (last - first).total_seconds()
-    return {"rows": count, "workers": workers, "tx_per_s": round(count / span) if span else None}
+    return {
+        "rows": count,
+        "workers": workers,
+        "tx_per_s": round(count / span) if span else None,
+        "cpu_us_per_tx": {
+            name: round(seconds / count * 1e6, 1) for name, seconds in cpu_s.items() if count
+        },
+        "cpu_cores": {name: round(seconds / span, 2) for name, seconds in cpu_s.items() if span},
+    }
 
 
 def median_round(rounds: list[dict]) -> dict:
