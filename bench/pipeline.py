@@ -192,25 +192,14 @@ def run_workers(
         if not processes.wait_assigned(60):
             raise SystemExit("workers did not get partitions")
         sampler.sample()
-        busy_before, started = _machine_busy_s(), time.monotonic()
+        busy_before, started = sampler.machine_busy_s(), time.monotonic()
         wait_until_stored(url, expected, limit_s)
         by_program = sampler.sample()
-        machine, waited = _machine_busy_s() - busy_before, time.monotonic() - started
+        machine, waited = sampler.machine_busy_s() - busy_before, time.monotonic() - started
     finally:
         processes.stop()
     seconds = {name: figures["cpu_pct"] / 100 * waited for name, figures in by_program.items()}
     return url, {**seconds, "machine": machine}
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds every core of this machine spent on anything but idling, so far (Linux)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return 0.0
-    ticks = [int(value) for value in fields]
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return (sum(ticks[:8]) - idle) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
 def throughput(
@@ -445,6 +434,16 @@ class ProcessSampler:
             fields = text[text.rindex(")") + 2 :].split()
             found[int(entry.parent.name)] = (name, int(fields[11]) + int(fields[12]))
         return found
+
+    def machine_busy_s(self) -> float:
+        """CPU seconds all the machine's cores spent on anything but idling, so far: what
+        every process did, those that exited too, and the kernel."""
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return 0.0
+        ticks = [int(value) for value in fields[:8]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / self._ticks  # less idle and iowait
 
     def _rss_mb(self, pid: int) -> float:
         try:
