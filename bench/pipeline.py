@@ -19,11 +19,12 @@ Four figures, one embedded stack, one JSON line:
   (10 s, or 60 s for runs over ten minutes: the embedded broker slows as a partition's log
   grows, so one figure could hide a drift), and per window what the worker's own metrics say
   (`worker_over_time`: batches, mean ms to fold and score one and for the sinks to confirm
-  one, each sink's mean, the batches that stalled, state size, and the CPU and memory of the
-  broker, Postgres, Redis and Python processes), so a drift can be placed; beside it the
-  broker's floor: the same rate through the same producer settings to a plain consumer,
-  published → consumed, no scoring. `flagged_share` says how much of the stream was flagged
-  (each flag also writes a case, an alert and a `fraud_transactions` row).
+  one, each sink's mean, the batches that stalled, state size, the CPU and memory of the
+  broker, Postgres, Redis and Python processes, and the whole machine's CPU), so a drift can
+  be placed; beside it the broker's floor: the same rate through the same producer settings
+  to a plain consumer, published → consumed, no scoring. `flagged_share` says how much of
+  the stream was flagged (each flag also writes a case, an alert and a `fraud_transactions`
+  row).
 
 `--rounds` runs the throughput and the seed-style baseline that many times, alternating, and
 reports each one's median (and every round's figure): this machine's speed drifts, and six
@@ -182,8 +183,8 @@ def run_workers(
     settings: Settings, workers: int, log_dir: Path, expected: int, limit_s: float
 ) -> tuple[str, dict[str, float]]:
     """Start workers, wait until `expected` rows are stored, stop them. Returns the database
-    URL and the CPU seconds the machine spent meanwhile, by program (`ProcessSampler`) and in
-    all (`machine`, from /proc/stat: also what exited meanwhile, the kernel, this bench)."""
+    URL and the CPU seconds the machine spent meanwhile, by program and in all (`machine`), as
+    `ProcessSampler` reads them."""
     processes = WorkerProcesses(settings, workers, log_dir)
     processes.start()
     url = settings.postgres.url.get_secret_value()
@@ -192,14 +193,13 @@ def run_workers(
         if not processes.wait_assigned(60):
             raise SystemExit("workers did not get partitions")
         sampler.sample()
-        busy_before, started = sampler.machine_busy_s(), time.monotonic()
+        started = time.monotonic()
         wait_until_stored(url, expected, limit_s)
-        by_program = sampler.sample()
-        machine, waited = sampler.machine_busy_s() - busy_before, time.monotonic() - started
+        cpu = sampler.sample()
+        waited = time.monotonic() - started
     finally:
         processes.stop()
-    seconds = {name: figures["cpu_pct"] / 100 * waited for name, figures in by_program.items()}
-    return url, {**seconds, "machine": machine}
+    return url, {name: figures["cpu_pct"] / 100 * waited for name, figures in cpu.items()}
 
 
 def throughput(
@@ -395,21 +395,24 @@ def _mean_ms(before: dict, now: dict, metric: str, sink: str | None = None) -> f
 class ProcessSampler:
     """CPU (% of one core) and resident memory of this machine's processes, summed by program
     name (the broker `tansu`, `postgres` with its backends, `redis-server`, `python`: the
-    worker and this bench), between two calls of `sample`. Read from /proc (Linux only; an
-    empty answer elsewhere)."""
+    worker and this bench), between two calls of `sample`; and as `machine`, the CPU of all its
+    cores (what exited meanwhile too, and the kernel). Read from /proc (Linux only; an empty
+    answer elsewhere)."""
 
     def __init__(self) -> None:
         self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self._last: tuple[float, dict[int, tuple[str, int]]] | None = None
+        self._last: tuple[float, dict[int, tuple[str, int]], int] | None = None
 
     def sample(self) -> dict[str, dict[str, float]]:
-        now, current = time.monotonic(), self._read()
-        last, self._last = self._last, (now, current)
+        now, current, busy = time.monotonic(), self._read(), self._machine_busy_ticks()
+        last, self._last = self._last, (now, current, busy)
         if last is None:
             return {}
         elapsed = now - last[0]
-        groups: dict[str, dict[str, float]] = {}
+        groups: dict[str, dict[str, float]] = {
+            "machine": {"cpu_pct": 100 * (busy - last[2]) / self._ticks / elapsed}
+        }
         for pid, (name, cpu) in current.items():
             group = groups.setdefault(name, {"cpu_pct": 0.0, "rss_mb": 0.0})
             before = last[1].get(pid)
@@ -435,15 +438,15 @@ class ProcessSampler:
             found[int(entry.parent.name)] = (name, int(fields[11]) + int(fields[12]))
         return found
 
-    def machine_busy_s(self) -> float:
-        """CPU seconds all the machine's cores spent on anything but idling, so far: what
-        every process did, those that exited too, and the kernel."""
+    @staticmethod
+    def _machine_busy_ticks() -> int:
+        """Ticks all the machine's cores spent on anything but idling, so far."""
         try:
             fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         except OSError:
-            return 0.0
+            return 0
         ticks = [int(value) for value in fields[:8]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / self._ticks  # less idle and iowait
+        return sum(ticks) - ticks[3] - ticks[4]  # less idle and iowait
 
     def _rss_mb(self, pid: int) -> float:
         try:
