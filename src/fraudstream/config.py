@@ -93,6 +93,13 @@ class KafkaSettings(BaseModel):
     with 15 k batches held (an hour at `linger_ms` 250), took the broker to 20-45 % of a core
     and p99 to 0.4-0.9 s; at 50 ms it stayed at 9 % and p99 318 ms (the wait costs ~8 ms of
     p50 on an empty log)."""
+    reader_prefetch_kb: int = Field(default=4096, ge=64, le=2_097_151)
+    """How much a worker's reader fetches ahead of what it has taken (librdkafka's
+    `queued.max.messages.kbytes`). A fetch brings one partition's messages in a run, and the
+    worker pauses a partition whose buffer is full, which drops what was fetched ahead for it:
+    with librdkafka's 64 MB, a 400 k backlog on the embedded broker left the worker waiting on
+    an empty partition 12 % of the run; at 4 MB the partitions arrive interleaved
+    (`bench/pipeline.py`). A cluster far away may want more."""
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, KafkaException
 
+from fraudstream.adapters.kafka_sinks import reader_config
 from fraudstream.config import (
     EmailChannelSettings,
     SettingsError,
@@ -93,6 +95,7 @@ def test_sasl_without_credentials_is_rejected_naming_what_is_missing(
         ("FRAUDSTREAM_KAFKA__PARTITIONS", "0", "kafka.partitions"),
         ("FRAUDSTREAM_KAFKA__SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
         ("FRAUDSTREAM_KAFKA__FETCH_WAIT_MS", "0", "kafka.fetch_wait_ms"),
+        ("FRAUDSTREAM_KAFKA__READER_PREFETCH_KB", "10", "kafka.reader_prefetch_kb"),
         ("FRAUDSTREAM_STACK__START_TIMEOUT_S", "soon", "stack.start_timeout_s"),
     ],
 )
@@ -170,3 +173,18 @@ def test_worker_environment_gives_a_worker_the_same_nested_settings(
     assert [route.actions for route in again.alerts.routes] == [["decline"], ["review", "decline"]]
     assert again.stack.data_dir == tmp_path / "var/stack"
     assert worker_environment(again) == env
+
+
+def test_the_readers_prefetch_reaches_librdkafka_which_accepts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__READER_PREFETCH_KB", "2048")
+    kafka = load_settings().kafka
+    config = reader_config(kafka.fetch_wait_ms, kafka.reader_prefetch_kb)
+    assert config["queued.max.messages.kbytes"] == 2048
+    # librdkafka checks every property name and range when the consumer is made
+    Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "prefetch", **config}).close()
+    with pytest.raises(KafkaException, match=r"queued\.max\.messages\.kbytes"):
+        Consumer(
+            {"bootstrap.servers": "127.0.0.1:9", "group.id": "prefetch", **reader_config(50, 0)}
+        )

@@ -39,6 +39,18 @@ _FLUSH_TIMEOUT_S = 30.0
 Headers = list[tuple[str, bytes]]
 
 
+def reader_config(fetch_wait_ms: int, prefetch_kb: int) -> dict[str, int]:
+    """Consumer settings for a worker's reader (`runners/worker.py`): how long an empty fetch
+    waits, and at most `prefetch_kb` fetched ahead. Once the reader took some of a full
+    prefetch, fetching resumes within 1 ms (librdkafka's default wait of a second starved a
+    reader with a small prefetch)."""
+    return {
+        "fetch.wait.max.ms": fetch_wait_ms,
+        "queued.max.messages.kbytes": prefetch_kb,
+        "fetch.queue.backoff.ms": 1,
+    }
+
+
 def new_consumer(
     kafka: dict[str, str], group_id: str, session_timeout_ms: int, **extra: object
 ) -> Consumer:

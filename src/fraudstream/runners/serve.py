@@ -13,7 +13,12 @@ from pathlib import Path
 
 from fraudstream.adapters.delta import DeltaHistorySink
 from fraudstream.adapters.kafka import ensure_topics
-from fraudstream.adapters.kafka_sinks import DeadLetterTopicSink, DecisionsTopicSink, new_consumer
+from fraudstream.adapters.kafka_sinks import (
+    DeadLetterTopicSink,
+    DecisionsTopicSink,
+    new_consumer,
+    reader_config,
+)
 from fraudstream.adapters.lists import ListReader
 from fraudstream.adapters.model_registry import ModelRegistry
 from fraudstream.adapters.postgres import PostgresSink
@@ -123,7 +128,7 @@ def build_worker(
             client,
             f"{worker.group_id}.reader",
             worker.session_timeout_ms,
-            **{"fetch.wait.max.ms": kafka.fetch_wait_ms},
+            **reader_config(kafka.fetch_wait_ms, kafka.reader_prefetch_kb),
         ),
         topic=kafka.transactions_topic,
         engine=engine_source(settings, config),
