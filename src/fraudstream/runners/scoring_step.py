@@ -56,7 +56,7 @@ def score_arrivals(
         for a, d in zip(arrivals, decided, strict=True)
         if d and a.rejected is not None
     )
-    frame = to_frame(transactions).with_columns(
+    frame = to_frame(transactions, [a.event_us for a, _ in accepted]).with_columns(
         *positions([a.message for a, _ in accepted]),
         pl.Series(_DECIDE, [d for _, d in accepted], dtype=pl.Boolean),
     )
